@@ -1,0 +1,97 @@
+"""Callbacks of our own: the run's ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class MetricsFile(pl.Callback):
+    """Writes ``metrics.json``: per-epoch history, the final and the best validation metrics.
+
+    ``best`` is the epoch with the highest ``monitor``; ``status`` is ``running`` until fit ends,
+    then ``finished``. The file is rewritten atomically after every epoch, on rank zero only.
+    """
+
+    def __init__(self, path: str | Path, monitor: str = "val/mIoU", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.history: list[dict[str, Any]] = []
+        self._pending_val: dict[str, float] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._pending_val = _scalars(trainer.callback_metrics, "val/")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, status="running")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, status="finished")
+
+    def _record(self, trainer: pl.Trainer, status: str) -> None:
+        """Close the epoch that just ended (train/loss is logged after validation) and write."""
+        epoch = trainer.current_epoch - 1
+        train = _scalars(trainer.callback_metrics, "train/")
+        train.pop("train/loss_step", None)
+        if epoch >= 0 and (self._pending_val or "train/loss" in train):
+            if not self.history or self.history[-1]["epoch"] != epoch:
+                entry = {"epoch": epoch, "step": trainer.global_step, **train}
+                entry.update(self._pending_val or {})
+                self.history.append(entry)
+            self._pending_val = None
+        self._write(trainer, status)
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, status: str) -> None:
+        validated = [e for e in self.history if self.monitor in e]
+        best = None
+        if validated:
+            pick = max if self.mode == "max" else min
+            best = pick(validated, key=lambda e: _finite_or(e[self.monitor], self.mode))
+        ckpt = trainer.checkpoint_callback
+        doc = {
+            "status": status,
+            "epochs_completed": len(self.history),
+            "monitor": self.monitor,
+            "final": validated[-1] if validated else None,
+            "best": best,
+            "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
+            "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+            "history": self.history,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix) and v.numel() == 1}
+
+
+def _finite_or(value: float, mode: str) -> float:
+    if math.isnan(value):
+        return -math.inf if mode == "max" else math.inf
+    return value
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities become null: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

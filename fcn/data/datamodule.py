@@ -1,0 +1,134 @@
+"""The LightningDataModule: any pair of (image, label) datasets, transformed and batched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from fcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToTensor, resize_and_pad
+
+
+class TransformedDataset(Dataset):
+    """Applies an albumentations transform and :class:`ToTensor` to ``(image, label)`` items."""
+
+    def __init__(self, dataset: Dataset, transform: Callable | None, to_tensor: ToTensor) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.to_tensor = to_tensor
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.dataset[index]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        return self.to_tensor(image, label)
+
+
+class UnpaddedDistributedSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` takes indices ``r, r + w, ...``: every sample once over all ranks.
+
+    torch's DistributedSampler repeats samples to even out the ranks, which would count them
+    twice in the validation confusion matrix.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Serves a training and a validation dataset of ``(HxWx3 uint8, HxW uint8)`` items.
+
+    Args:
+        train_set, val_set: the datasets (e.g. ``ShapesDataset``, ``SeedVOC``).
+        num_classes, class_names: the label set; the model and the metrics take them from here.
+        image_size: the seed's resize-longer-side-and-centre-pad size, or None to keep sizes
+            (batch size 1 then, until padded batching lands).
+        batch_size: images per batch on each process.
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        mean, std, channel_order: input normalisation (0-255 units).
+    """
+
+    def __init__(
+        self,
+        train_set: Dataset,
+        val_set: Dataset,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        image_size: int | None = 512,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        channel_order: str = "rgb",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"data.num_classes must be at least 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"data.class_names has {len(class_names)} names for {num_classes} classes"
+            )
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"data.image_size must be positive or null, got {image_size}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else None
+        transform = resize_and_pad(image_size) if image_size else None
+        to_tensor = ToTensor(mean, std, channel_order)
+        self.train_set = TransformedDataset(train_set, transform, to_tensor)
+        self.val_set = TransformedDataset(val_set, transform, to_tensor)
+        self.batch_size = batch_size
+        self.loader_kwargs = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+        }
+        self.seed = seed
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._world()
+        generator = torch.Generator().manual_seed(self.seed)
+        if world > 1:
+            sampler = DistributedSampler(
+                self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+            )
+            return DataLoader(
+                self.train_set, self.batch_size, sampler=sampler, drop_last=True,
+                worker_init_fn=_seed_worker, **self.loader_kwargs,
+            )  # fmt: skip
+        return DataLoader(
+            self.train_set, self.batch_size, shuffle=True, drop_last=False, generator=generator,
+            worker_init_fn=_seed_worker, **self.loader_kwargs,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._world()
+        sampler = UnpaddedDistributedSampler(len(self.val_set), rank, world)
+        return DataLoader(self.val_set, self.batch_size, sampler=sampler, **self.loader_kwargs)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own numpy stream derived from torch's per-worker seed."""
+    np.random.seed(torch.initial_seed() % 2**32)

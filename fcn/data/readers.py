@@ -1,0 +1,75 @@
+"""Readers for the files of Pascal VOC and SBD; every failure names the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.io import loadmat
+
+from fcn.errors import DataError
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+
+def voc_palette() -> list[int]:
+    """The 256-entry VOC colour map (flat RGB list), as in VOC's palette PNGs."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image as an HxWx3 uint8 array."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+def read_png_label(path: Path) -> np.ndarray:
+    """A VOC label: the palette indices of a "P" (or greyscale "L") PNG, never its colours."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise DataError(
+                    f"label {path} is a {img.mode!r} image; VOC labels are palette ('P') PNGs "
+                    "whose indices are the classes"
+                )
+            return np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"label file not found: {path}") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot read label {path}: {err}") from None
+
+
+def read_mat_label(path: Path) -> np.ndarray:
+    """An SBD label: ``GTcls.Segmentation`` of a ``cls/<id>.mat`` file (uint8, 0..20)."""
+    try:
+        seg = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
+    except FileNotFoundError:
+        raise DataError(f"label file not found: {path}") from None
+    except (KeyError, AttributeError, IndexError) as err:
+        raise DataError(f"{path} has no GTcls.Segmentation (not an SBD cls file?): {err}") from None
+    except Exception as err:  # scipy raises several types for corrupt files
+        raise DataError(f"cannot read label {path}: {err}") from None
+    seg = np.asarray(seg)
+    if seg.ndim != 2:
+        raise DataError(f"{path}: GTcls.Segmentation has shape {seg.shape}, expected 2-D")
+    return seg.astype(np.uint8)

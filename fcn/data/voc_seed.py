@@ -1,0 +1,81 @@
+"""The seed's data: SBD plus the 676 VOC2012 images SBD lacks (10,831 train / 1,200 val).
+
+Layout under ``root`` (the seed's ``data/`` folder)::
+
+    images_mat/<id>.jpg   labels_mat/<id>.mat    SBD images and GTcls labels
+    images_png/<id>.jpg   labels_png/<id>.png    VOC2012 images and palette labels
+
+Split files (``train_mat.txt``, ``train_png.txt``, ``val_mat.txt``) ship with the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from fcn.data.readers import VOC_CLASSES, read_image, read_mat_label, read_png_label
+from fcn.errors import DataError
+
+SPLITS_DIR = Path(__file__).parent / "splits" / "voc_seed"
+#: split -> list files, each of ids whose files are in (images_<kind>, labels_<kind>)
+SPLIT_FILES = {"train": ("train_mat", "train_png"), "val": ("val_mat",)}
+LABEL_SUFFIX = {"mat": ".mat", "png": ".png"}
+LAYOUT = ("images_mat", "labels_mat", "images_png", "labels_png")
+
+
+class SeedVOC(Dataset):
+    """One split of the seed's data; item ``i`` is ``(image HxWx3 uint8, label HxW uint8)``.
+
+    Raises :class:`DataError` at construction when the folder or any listed file is missing.
+    """
+
+    class_names = VOC_CLASSES
+
+    def __init__(self, root: str | Path, split: str = "train", splits_dir: str | Path | None = None):
+        if split not in SPLIT_FILES:
+            raise DataError(f"unknown split {split!r} of the seed's data: use one of {list(SPLIT_FILES)}")
+        self.root = Path(root).expanduser().resolve()
+        self.split = split
+        splits_dir = Path(splits_dir) if splits_dir else SPLITS_DIR
+        if not self.root.is_dir():
+            raise DataError(
+                f"the seed's VOC data was not found: expected the folder {self.root} holding "
+                f"{', '.join(d + '/' for d in LAYOUT)} (see README, 'Data'). Point "
+                "paths.data_dir (or FCN_DATA_DIR) at its parent, or try the built-in data: "
+                "python -m fcn.train experiment=quickstart"
+            )
+        self.samples: list[tuple[Path, Path, str]] = []
+        for list_name in SPLIT_FILES[split]:
+            kind = list_name.rsplit("_", 1)[1]
+            list_file = splits_dir / f"{list_name}.txt"
+            try:
+                ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+            except OSError as err:
+                raise DataError(f"cannot read split file {list_file}: {err}") from None
+            images, labels = self.root / f"images_{kind}", self.root / f"labels_{kind}"
+            self.samples += [
+                (images / f"{i}.jpg", labels / f"{i}{LABEL_SUFFIX[kind]}", kind) for i in ids
+            ]
+        missing = [str(p) for s in self.samples for p in s[:2] if not p.is_file()]
+        if missing:
+            shown = "\n  ".join(missing[:5])
+            raise DataError(
+                f"{len(missing)} file(s) of the seed's {split} split are missing under "
+                f"{self.root}, e.g.:\n  {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path, kind = self.samples[index]
+        image = read_image(image_path)
+        label = read_mat_label(label_path) if kind == "mat" else read_png_label(label_path)
+        if label.shape != image.shape[:2]:
+            raise DataError(
+                f"label {label_path} is {label.shape[0]}x{label.shape[1]} but its image "
+                f"{image_path} is {image.shape[0]}x{image.shape[1]}"
+            )
+        return image, label

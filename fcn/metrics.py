@@ -1,0 +1,72 @@
+"""The paper's segmentation metrics from one confusion matrix accumulated over a whole split.
+
+``hist[i, j]`` counts pixels of true class ``i`` predicted as ``j``; labels outside
+``0..C-1`` (void, 255) are left out. From it (REFERENCE.md section 5):
+
+- pixel accuracy  = diag.sum() / hist.sum()
+- mean accuracy   = nanmean(diag / hist.sum(1))            (classes absent from the labels left out)
+- mean IU         = nanmean(diag / (hist.sum(1) + hist.sum(0) - diag))
+                    (a class absent from labels and predictions is left out; predicted-only is 0)
+- frequency-weighted IU = sum over freq > 0 of freq * IU, freq = hist.sum(1) / hist.sum()
+
+:class:`SegmentationMetrics` is torchmetrics' ``MulticlassJaccardIndex`` (whose macro average is
+the paper's mean IU): its state is the confusion matrix, summed across processes under DDP
+before any ratio is taken.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from fcn.data.labels import IGNORE_INDEX
+
+METRIC_NAMES = ("pixel_acc", "mean_acc", "mIoU", "fwIoU")
+
+
+def scores_from_confusion(hist: Tensor) -> dict[str, Tensor]:
+    """Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU and per-class IoU.
+
+    Per-class IoU is NaN for a class absent from both labels and predictions.
+    """
+    hist = hist.double()
+    diag = hist.diag()
+    gt = hist.sum(1)
+    pred = hist.sum(0)
+    total = hist.sum()
+    iou = diag / (gt + pred - diag)  # NaN where the class is absent from both
+    freq = gt / total
+    seen = freq > 0
+    return {
+        "pixel_acc": diag.sum() / total,
+        "mean_acc": (diag / gt).nanmean(),
+        "mIoU": iou.nanmean(),
+        "fwIoU": (freq[seen] * iou[seen]).sum() if total > 0 else total * float("nan"),
+        "IoU": iou,
+    }
+
+
+class SegmentationMetrics(MulticlassJaccardIndex):
+    """Confusion-matrix metrics over a split; ``compute()`` returns :func:`scores_from_confusion`
+    with ``mIoU`` taken from torchmetrics' JaccardIndex (they agree; a test checks it)."""
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            average="macro",
+            ignore_index=IGNORE_INDEX,
+            validate_args=False,
+            **kwargs,
+        )
+
+    def update(self, scores: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """Add a batch: ``scores`` (N, C, H, W) logits or (N, H, W) class indices."""
+        preds = scores.argmax(1) if scores.ndim == target.ndim + 1 else scores
+        super().update(preds, target)
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        """All metrics from the (synchronised) confusion matrix."""
+        out = scores_from_confusion(self.confmat)
+        out["mIoU"] = super().compute().double()
+        return out

@@ -1,0 +1,120 @@
+"""The LightningModule: an FCN, its loss, its metrics and its optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
+
+from fcn.data.labels import IGNORE_INDEX
+from fcn.metrics import METRIC_NAMES, SegmentationMetrics
+
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
+def segmentation_loss(scores: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over pixels whose label is not 255.
+
+    Returns ``(loss, valid)``: the loss reduced as asked (``mean`` over valid pixels as the seed,
+    ``sum`` as the paper) and the number of valid pixels. With no valid pixel the loss is 0 (with
+    a gradient graph), not NaN.
+    """
+    total = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = (target != IGNORE_INDEX).sum()
+    if reduction == "sum":
+        return total, valid
+    return total / valid.clamp(min=1), valid
+
+
+class FCNModule(pl.LightningModule):
+    """Trains an FCN with cross-entropy; validates with the paper's metrics.
+
+    Args:
+        net: the network (:class:`fcn.models.FCN`).
+        optimizer: ``net -> Optimizer`` (``fcn.optim.build_optimizer`` with its settings bound).
+        scheduler: ``Optimizer -> LRScheduler`` stepped once per epoch, or None for a fixed rate.
+        loss_reduction: ``"mean"`` over valid pixels (seed) or ``"sum"`` (paper).
+        class_names: names used in the per-class IoU metrics ``val/IoU/<name>``.
+
+    Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
+    whatever reduction is optimised, so runs compare), ``val/mIoU``, ``val/pixel_acc``,
+    ``val/mean_acc``, ``val/fwIoU`` and ``val/IoU/<class>``; per step: ``train/loss_step``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[[nn.Module], Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        loss_reduction: str = "mean",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"module.loss_reduction must be one of {list(LOSS_REDUCTIONS)}, "
+                f"got {loss_reduction!r}"
+            )
+        num_classes = net.num_classes
+        names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        if len(names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(names)} names for {num_classes} classes: {names}"
+            )
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.loss_reduction = loss_reduction
+        self.class_names = names
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_metrics = SegmentationMetrics(num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        scores = self.net(images)
+        loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
+        per_pixel = loss.detach() / valid.clamp(min=1) if self.loss_reduction == "sum" else loss
+        self.train_loss.update(per_pixel.detach(), weight=valid)
+        self.log("train/loss_step", per_pixel.detach(), prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute(), sync_dist=False)
+        self.train_loss.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        scores = self.net(images)
+        loss, valid = segmentation_loss(scores, labels, "mean")
+        self.val_loss.update(loss, weight=valid)
+        self.val_metrics.update(scores, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        logged = {"val/loss": self.val_loss.compute()}
+        logged.update({f"val/{k}": scores[k].float() for k in METRIC_NAMES if k != "mIoU"})
+        logged.update(
+            {f"val/IoU/{n}": v.float() for n, v in zip(self.class_names, scores["IoU"], strict=True)}
+        )
+        # Values are already reduced over every process (torchmetrics state sync).
+        self.log_dict(logged)
+        self.log("val/mIoU", scores["mIoU"].float(), prog_bar=True)
+        self.val_metrics.reset()
+        self.val_loss.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.net)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

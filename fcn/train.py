@@ -1,0 +1,104 @@
+"""Train an FCN: ``python -m fcn.train [group=option ...] [key=value ...]``.
+
+The recipe: check the config, seed, build the datamodule, the network and its LightningModule,
+callbacks, loggers and the Trainer from their ``_target_``s, fit, write ``metrics.json`` (by the
+MetricsFile callback), finish the wandb run and return the best ``val/mIoU`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities import rank_zero_only
+
+from fcn.config_checks import check_config
+from fcn.errors import ConfigError, FCNError
+from fcn.tracking import finish_wandb, start_loggers
+
+log = logging.getLogger("fcn.train")
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the configured model; return the best ``val/mIoU`` (None before any validation)."""
+    check_config(cfg)
+    _refuse_multirun_ddp(cfg)
+    if cfg.seed is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model)
+    module = instantiate(
+        cfg.module,
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
+        class_names=datamodule.class_names,
+    )
+    loggers = start_loggers([instantiate(c) for c in (cfg.logger or {}).values()])
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    if not loggers:  # Lightning refuses an LR monitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    _save_config(resolved, Path(cfg.paths.output_dir))
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    finally:
+        finish_wandb()
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    if best is None:
+        best = trainer.callback_metrics.get("val/mIoU")
+    log.info("run folder: %s", cfg.paths.output_dir)
+    return float(best) if best is not None else None
+
+
+def _refuse_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning re-launches DDP processes with the parent's command line, which under a
+    Hydra multirun would start the whole sweep again in every process."""
+    devices = cfg.trainer.get("devices", 1)
+    many = devices not in (1, "1", None) and str(devices) not in ("auto",)
+    if many and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"trainer.devices={devices} cannot be combined with a multirun (-m) sweep on one "
+            "machine: run the sweep's jobs one at a time, each with trainer.devices set"
+        )
+
+
+@rank_zero_only
+def _save_config(resolved: dict, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; a user error ends with its message alone and exit status 1."""
+    try:
+        return train(cfg)
+    except FCNError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, FCNError):
+            print(f"error: {cause}", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
