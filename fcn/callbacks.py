@@ -59,7 +59,8 @@ class MetricsFile(pl.Callback):
         if validated:
             pick = max if self.mode == "max" else min
             best = pick(validated, key=lambda e: _finite_or(e[self.monitor], self.mode))
-        ckpt = trainer.checkpoint_callback
+        ckpt = trainer.checkpoint_callback  # the first ModelCheckpoint: the best on monitor
+        last = [c for c in trainer.checkpoint_callbacks if getattr(c, "filename", "") == "last"]
         doc = {
             "status": status,
             "epochs_completed": len(self.history),
@@ -67,7 +68,7 @@ class MetricsFile(pl.Callback):
             "final": validated[-1] if validated else None,
             "best": best,
             "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
-            "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+            "last_checkpoint": (last[0].best_model_path or None) if last else None,
             "history": self.history,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

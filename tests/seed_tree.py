@@ -1,0 +1,55 @@
+"""Writes a tiny tree in the seed's layout with real files: JPEG images, SBD ``GTcls`` .mat
+labels and VOC palette PNG labels (with 255 borders), plus split files of its ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.io import savemat
+
+from fcn.data.readers import voc_palette
+
+SPLITS = {"train_mat": 6, "train_png": 2, "val_mat": 3}
+
+
+def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    image = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+    label = np.zeros((h, w), np.uint8)
+    cls = int(rng.integers(1, 21))
+    y0, x0 = h // 4, w // 4
+    label[y0 : h - y0, x0 : w - x0] = cls
+    image[label == cls] = (np.array([cls * 12, 255 - cls * 12, 128])).astype(np.uint8)
+    return image, label
+
+
+def write_seed_tree(root: Path, seed: int = 0) -> Path:
+    """Create ``root/voc_seed/...`` and ``root/splits/*.txt``; return the split folder."""
+    rng = np.random.default_rng(seed)
+    data = root / "voc_seed"
+    splits = root / "splits"
+    for d in ("images_mat", "labels_mat", "images_png", "labels_png"):
+        (data / d).mkdir(parents=True, exist_ok=True)
+    splits.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for split, count in SPLITS.items():
+        kind = split.rsplit("_", 1)[1]
+        ids = [f"2008_{n + i:06d}" for i in range(count)]
+        n += count
+        (splits / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for id_ in ids:
+            h, w = (int(v) for v in rng.integers(40, 90, size=2))
+            image, label = _scene(rng, h, w)
+            Image.fromarray(image).save(data / f"images_{kind}" / f"{id_}.jpg", quality=95)
+            if kind == "mat":
+                struct = {"Segmentation": label, "Boundaries": np.zeros((20, 1), object),
+                          "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8)}  # fmt: skip
+                savemat(data / "labels_mat" / f"{id_}.mat", {"GTcls": struct})
+            else:
+                label = label.copy()
+                label[label.shape[0] // 4, :] = 255  # a void band, as VOC has
+                png = Image.fromarray(label, mode="P")
+                png.putpalette(voc_palette())
+                png.save(data / "labels_png" / f"{id_}.png")
+    return splits

@@ -1,0 +1,114 @@
+"""Every config option composes and builds; bad values are refused naming their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from fcn.config_checks import check_config
+from fcn.errors import ConfigError
+from fcn.models import FCN
+from tests.conftest import CONF, compose_train
+
+GROUPS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks")
+}
+GROUPS["experiment"] = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+SMALL = ["model.trunk_width=2", "model.fc_width=4"]
+
+
+def test_groups_offer_what_the_docs_promise() -> None:
+    assert GROUPS["model"] == ["fcn16", "fcn32", "fcn8", "fcn8_atonce"]
+    assert {"shapes", "voc_seed"} <= set(GROUPS["data"])
+    assert {"adam", "sgd"} <= set(GROUPS["optimizer"])
+    assert {"csv", "none", "wandb"} <= set(GROUPS["logger"])
+    assert "quickstart" in GROUPS["experiment"]
+
+
+def test_default_is_the_paper_sized_fcn8_with_the_seeds_recipe(tmp_path: Path) -> None:
+    cfg = compose_train([], tmp_path)
+    assert list(cfg.model.skips) == ["pool4", "pool3"] and not cfg.model.skip_scaling
+    assert (cfg.model.trunk_width, cfg.model.fc_width, cfg.model.alignment) == (64, 4096, "caffe")
+    assert cfg.model.dropout == 0.2 and cfg.module.loss_reduction == "mean"
+    assert cfg.data.train_set._target_.endswith("SeedVOC") and cfg.data.num_classes == 21
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.trainer.max_epochs) == (512, 16, 25)
+    assert cfg.optimizer.algorithm == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
+    assert cfg.optimizer.weight_decay == 2e-6 and not cfg.scheduler
+    check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g, options in GROUPS.items() for o in options]
+)
+def test_every_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
+    data = [] if group == "data" else ["data=shapes"]
+    cfg = compose_train([f"{group}={option}", *data, *SMALL], tmp_path)
+    check_config(cfg)
+    net = instantiate(cfg.model)
+    assert isinstance(net, FCN) and net.num_classes == cfg.data.num_classes
+    optimizer = instantiate(cfg.optimizer)(net)
+    if cfg.scheduler:
+        instantiate(cfg.scheduler)(optimizer)
+    if cfg.data.train_set._target_.endswith("ShapesDataset"):
+        dm = instantiate(cfg.data)
+        assert dm.class_names == list(cfg.data.class_names)
+    for logger_cfg in (cfg.logger or {}).values():
+        assert logger_cfg._target_
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    assert callbacks
+    instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+
+
+@pytest.mark.parametrize(
+    ("model", "skips", "scaling"),
+    [("fcn32", [], False), ("fcn16", ["pool4"], False), ("fcn8", ["pool4", "pool3"], False),
+     ("fcn8_atonce", ["pool4", "pool3"], True)],
+)  # fmt: skip
+def test_variants_are_their_skips(model: str, skips: list, scaling: bool, tmp_path: Path) -> None:
+    cfg = compose_train([f"model={model}", *SMALL], tmp_path)
+    net = instantiate(cfg.model)
+    assert list(net.skips) == skips and net.skip_scaling is scaling
+
+
+def test_paper_recipe_composes(tmp_path: Path) -> None:
+    cfg = compose_train(["optimizer=sgd", "module.loss_reduction=sum", "data=shapes", *SMALL])
+    net = instantiate(cfg.model)
+    opt = instantiate(cfg.optimizer)(net)
+    assert isinstance(opt, torch.optim.SGD)
+    assert [g["lr"] for g in opt.param_groups] == [1e-10, 2e-10]
+    assert opt.param_groups[0]["momentum"] == 0.99
+
+
+def test_unknown_variant_and_misspelled_key_get_hydras_errors() -> None:
+    with pytest.raises(MissingConfigException, match="fcn4"):
+        compose_train(["model=fcn4"])
+    with pytest.raises(ConfigCompositionException, match="trunk_widht"):
+        compose_train(["model.trunk_widht=8"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("data.num_classes=1", "data.num_classes"),
+        ("model.trunk_width=0", "model.trunk_width"),
+        ("model.fc_width=-8", "model.fc_width"),
+        ("model.alignment=valid", "model.alignment"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.skips=[pool3]", "model.skips"),
+        ("module.loss_reduction=avg", "module.loss_reduction"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_values_that_cannot_work_name_their_key(override: str, key: str) -> None:
+    cfg = compose_train(["data=shapes", override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_config(cfg)

@@ -1,0 +1,156 @@
+"""Built-in shapes data, the seed's VOC layout, transforms and the datamodule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcn.data.datamodule import SegmentationDataModule, UnpaddedDistributedSampler
+from fcn.data.readers import read_mat_label, read_png_label
+from fcn.data.shapes import SHAPES_CLASSES, ShapesDataset
+from fcn.data.transforms import resize_and_pad
+from fcn.data.voc_seed import SPLITS_DIR, SeedVOC
+from fcn.errors import DataError
+from tests.seed_tree import SPLITS, write_seed_tree
+
+
+def test_shapes_are_deterministic_per_seed_and_index() -> None:
+    a, b, c = ShapesDataset(10, seed=3), ShapesDataset(10, seed=3), ShapesDataset(10, seed=4)
+    for i in range(10):
+        assert np.array_equal(a[i][0], b[i][0]) and np.array_equal(a[i][1], b[i][1])
+    assert not any(np.array_equal(a[i][0], c[i][0]) for i in range(10))
+
+
+def test_shapes_have_every_class_varied_sizes_void_bands_thin_and_small_objects() -> None:
+    ds = ShapesDataset(60, seed=0)
+    sizes, seen = set(), set()
+    bar_widths, dot_areas = [], []
+    for i in range(len(ds)):
+        image, label = ds[i]
+        assert image.dtype == np.uint8 and image.shape == (*label.shape, 3)
+        sizes.add(label.shape)
+        seen |= set(np.unique(label).tolist())
+        if (label == 255).any():  # void pixels sit next to object pixels
+            void = np.argwhere(label == 255)
+            y, x = void[0]
+            window = label[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+            assert (window != 255).any()
+        bar = label == SHAPES_CLASSES.index("bar")
+        if bar.any():
+            bar_widths.append(bar.sum() / max(bar.any(0).sum(), bar.any(1).sum()))
+        dot = label == SHAPES_CLASSES.index("dot")
+        if dot.any():
+            dot_areas.append(dot.sum())
+    assert seen == set(range(len(SHAPES_CLASSES))) | {255}
+    assert len(sizes) > 30
+    assert np.median(bar_widths) < 8  # thin parts: a few pixels across
+    assert min(dot_areas) < 100  # small objects
+
+
+def test_resize_and_pad_is_the_seeds_transform() -> None:
+    image = np.full((100, 50, 3), 200, np.uint8)
+    label = np.zeros((100, 50), np.uint8)
+    label[:, 25:] = 7
+    label[0] = 255
+    out = resize_and_pad(512)(image=image, mask=label)
+    img, lab = out["image"], out["mask"]
+    assert img.shape == (512, 512, 3) and lab.shape == (512, 512)
+    assert set(np.unique(lab).tolist()) == {0, 7, 255}  # nearest: no new label values
+    # the longer side (height) fills 512; the width (256) is centred: 128 pad each side
+    assert (lab[:, :128] == 255).all() and (lab[:, -128:] == 255).all()
+    assert (img[:, :128] == 0).all() and (img[:, 200] == 200).all()
+    # a small image is scaled up, as the seed does
+    small = resize_and_pad(64)(image=image[:10, :20], mask=label[:10, :20])
+    assert small["mask"].shape == (64, 64) and (small["mask"][:16] == 255).all()
+
+
+def test_seed_layout_is_read_from_real_files(tmp_path: Path) -> None:
+    splits = write_seed_tree(tmp_path)
+    train = SeedVOC(tmp_path / "voc_seed", "train", splits_dir=splits)
+    val = SeedVOC(tmp_path / "voc_seed", "val", splits_dir=splits)
+    assert len(train) == SPLITS["train_mat"] + SPLITS["train_png"]
+    assert len(val) == SPLITS["val_mat"]
+    kinds = {s[2] for s in train.samples}
+    assert kinds == {"mat", "png"}
+    for i in range(len(train)):
+        image, label = train[i]
+        assert image.shape[:2] == label.shape and label.dtype == np.uint8
+        assert set(np.unique(label).tolist()) <= set(range(21)) | {255}
+    png_label = train[len(train) - 1][1]
+    assert (png_label == 255).any()  # palette indices, void kept
+
+
+def test_shipped_seed_splits_are_the_seeds() -> None:
+    counts = {f.stem: len(f.read_text().split()) for f in SPLITS_DIR.glob("*.txt")}
+    assert counts == {"train_mat": 10155, "train_png": 676, "val_mat": 1200}
+    train = set((SPLITS_DIR / "train_mat.txt").read_text().split())
+    train |= set((SPLITS_DIR / "train_png.txt").read_text().split())
+    assert not train & set((SPLITS_DIR / "val_mat.txt").read_text().split())
+
+
+def test_missing_root_names_the_folder_and_the_built_in_job(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="experiment=quickstart") as err:
+        SeedVOC(tmp_path / "nowhere", "train")
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    splits = write_seed_tree(tmp_path)
+    first = (splits / "val_mat.txt").read_text().split()[0]
+    victim = tmp_path / "voc_seed" / "labels_mat" / f"{first}.mat"
+    victim.unlink()
+    with pytest.raises(DataError, match="1 file") as err:
+        SeedVOC(tmp_path / "voc_seed", "val", splits_dir=splits)
+    assert str(victim) in str(err.value)
+
+
+def test_corrupt_files_are_named(tmp_path: Path) -> None:
+    splits = write_seed_tree(tmp_path)
+    ids = (splits / "train_mat.txt").read_text().split()
+    jpg = tmp_path / "voc_seed" / "images_mat" / f"{ids[0]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:50])
+    mat = tmp_path / "voc_seed" / "labels_mat" / f"{ids[1]}.mat"
+    mat.write_bytes(b"not a mat file at all")
+    ds = SeedVOC(tmp_path / "voc_seed", "train", splits_dir=splits)
+    with pytest.raises(DataError, match=str(jpg)):
+        ds[0]
+    with pytest.raises(DataError, match=str(mat)):
+        ds[1]
+
+
+def test_rgb_label_png_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "label.png"
+    Image.new("RGB", (8, 8), (128, 0, 0)).save(path)
+    with pytest.raises(DataError, match="palette"):
+        read_png_label(path)
+
+
+def test_mat_without_gtcls_is_named(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    path = tmp_path / "x.mat"
+    savemat(path, {"GTinst": {"Segmentation": np.zeros((4, 4), np.uint8)}})
+    with pytest.raises(DataError, match="GTcls"):
+        read_mat_label(path)
+
+
+def test_unpadded_sampler_covers_each_sample_once() -> None:
+    for n, world in [(10, 3), (7, 4), (2, 4)]:
+        seen = [i for r in range(world) for i in UnpaddedDistributedSampler(n, r, world)]
+        assert sorted(seen) == list(range(n))
+
+
+def test_datamodule_batches_normalised_tensors() -> None:
+    dm = SegmentationDataModule(
+        ShapesDataset(6, seed=0), ShapesDataset(5, seed=1), num_classes=6,
+        class_names=list(SHAPES_CLASSES), image_size=48, batch_size=4,
+    )  # fmt: skip
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 48, 48) and images.dtype == torch.float32
+    assert labels.shape == (4, 48, 48) and labels.dtype == torch.int64
+    assert abs(images.mean().item()) < 2.0
+    assert sum(len(b[0]) for b in dm.val_dataloader()) == 5
