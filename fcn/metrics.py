@@ -16,7 +16,6 @@ before any ratio is taken.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -104,7 +103,10 @@ class FCNModule(pl.LightningModule):
         logged = {"val/loss": self.val_loss.compute()}
         logged.update({f"val/{k}": scores[k].float() for k in METRIC_NAMES if k != "mIoU"})
         logged.update(
-            {f"val/IoU/{n}": v.float() for n, v in zip(self.class_names, scores["IoU"], strict=True)}
+            {
+                f"val/IoU/{n}": v.float()
+                for n, v in zip(self.class_names, scores["IoU"], strict=True)
+            }
         )
         # Values are already reduced over every process (torchmetrics state sync).
         self.log_dict(logged)
@@ -117,4 +119,7 @@ class FCNModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -50,7 +50,9 @@ def _job_context() -> tuple[str | None, str | None]:
     except (ImportError, ValueError):
         return None, None
     name = re.sub(r"[^\w=,.+-]+", "_", hc.job.override_dirname) or None
-    group = os.path.basename(os.path.normpath(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
+    group = (
+        os.path.basename(os.path.normpath(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
+    )
     return name, group
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -69,12 +70,18 @@ def train(cfg: DictConfig) -> float | None:
 def _refuse_multirun_ddp(cfg: DictConfig) -> None:
     """Lightning re-launches DDP processes with the parent's command line, which under a
     Hydra multirun would start the whole sweep again in every process."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
     devices = cfg.trainer.get("devices", 1)
-    many = devices not in (1, "1", None) and str(devices) not in ("auto",)
-    if many and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if str(devices) in ("auto", "-1"):
+        gpus = torch.cuda.device_count() if cfg.trainer.get("accelerator") != "cpu" else 0
+        many = gpus > 1
+    else:
+        many = (len(devices) if OmegaConf.is_list(devices) else int(devices)) > 1
+    if many or cfg.trainer.get("num_nodes", 1) > 1:
         raise ConfigError(
             f"trainer.devices={devices} cannot be combined with a multirun (-m) sweep on one "
-            "machine: run the sweep's jobs one at a time, each with trainer.devices set"
+            "machine yet: run the sweep's jobs one at a time, each with trainer.devices set"
         )
 
 

@@ -43,8 +43,11 @@ def write_seed_tree(root: Path, seed: int = 0) -> Path:
             image, label = _scene(rng, h, w)
             Image.fromarray(image).save(data / f"images_{kind}" / f"{id_}.jpg", quality=95)
             if kind == "mat":
-                struct = {"Segmentation": label, "Boundaries": np.zeros((20, 1), object),
-                          "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8)}  # fmt: skip
+                struct = {
+                    "Segmentation": label,
+                    "Boundaries": np.zeros((20, 1), object),
+                    "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8),
+                }
                 savemat(data / "labels_mat" / f"{id_}.mat", {"GTcls": struct})
             else:
                 label = label.copy()

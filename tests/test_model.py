@@ -62,9 +62,17 @@ def test_state_dict_names_are_the_reference_ports() -> None:
     expected_heads = {
         "fcn32s": {"score_fr", "upscore"},
         "fcn16s": {"score_fr", "score_pool4", "upscore2", "upscore16"},
-        "fcn8s": {"score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8"},
+        "fcn8s": {
+            "score_fr",
+            "score_pool4",
+            "score_pool3",
+            "upscore2",
+            "upscore_pool4",
+            "upscore8",
+        },
     }
-    trunk = {f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)}
+    stages = zip(range(1, 6), (2, 2, 3, 3, 3), strict=True)
+    trunk = {f"conv{s}_{i}" for s, n in stages for i in range(1, n + 1)}
     for variant, heads in expected_heads.items():
         keys = set(FCN(**VARIANTS[variant], **TINY).state_dict())
         layers = {k.rsplit(".", 1)[0] for k in keys}

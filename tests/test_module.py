@@ -45,7 +45,9 @@ def test_paper_parameter_groups_biases_twice_the_lr_without_decay() -> None:
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
     grouped = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(trainable)
-    assert all(p.ndim == 1 for p in biases["params"]) and all(p.ndim == 4 for p in weights["params"])
+    assert all(p.ndim == 1 for p in biases["params"]) and all(
+        p.ndim == 4 for p in weights["params"]
+    )
 
 
 def test_seed_l2_on_kernels_only() -> None:
@@ -54,7 +56,14 @@ def test_seed_l2_on_kernels_only() -> None:
     assert [g["weight_decay"] for g in groups] == [2e-6, 0.0]
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [({"lr": 0.0}, "lr"), ({"lr": 1e-3, "weight_decay": -1}, "weight_decay"), ({"algorithm": "torch.optim.Adamm"}, "optimizer.algorithm")])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": 1e-3, "weight_decay": -1}, "weight_decay"),
+        ({"algorithm": "torch.optim.Adamm"}, "optimizer.algorithm"),
+    ],
+)
 def test_bad_optimizer_settings_name_the_key(kwargs: dict, key: str) -> None:
     net = FCN(skips=(), num_classes=3, trunk_width=2, fc_width=4)
     with pytest.raises(ValueError, match=key):

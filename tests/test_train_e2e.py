@@ -84,7 +84,10 @@ def test_missing_data_stops_at_once_naming_the_folder(workdir: Path) -> None:
 def test_bad_value_is_one_message_naming_the_key(workdir: Path) -> None:
     proc = run_train([*TINY, "optimizer.lr=-1", "hydra.run.dir=run"], workdir)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "error: optimizer.lr must be a positive number, got -1"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: optimizer.lr must be a positive number, got -1"
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -104,7 +107,9 @@ def test_multirun_over_variants_gives_three_jobs_and_three_wandb_runs(workdir: P
     run_ids = set()
     for job, model in zip(jobs, ["fcn32", "fcn16", "fcn8"], strict=True):
         _assert_finished_run(job)
-        assert yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[-1] == f"model={model}"
+        assert (
+            yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[-1] == f"model={model}"
+        )
         offline = list((job / "wandb").glob("offline-run-*"))
         assert len(offline) == 1
         run_ids.add(offline[0].name.rsplit("-", 1)[1])
@@ -122,3 +127,9 @@ def test_ddp_on_two_cpu_processes_writes_one_run_folder(workdir: Path) -> None:
     _assert_finished_run(run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert not list(workdir.glob("outputs"))  # the second process did not make its own folder
+
+
+def test_multirun_with_ddp_is_refused_at_once(workdir: Path) -> None:
+    proc = run_train(["-m", *TINY, "trainer.devices=2", "model=fcn32,fcn8"], workdir)
+    assert proc.returncode == 1
+    assert "trainer.devices=2 cannot be combined with a multirun" in proc.stderr

@@ -33,9 +33,13 @@ class SeedVOC(Dataset):
 
     class_names = VOC_CLASSES
 
-    def __init__(self, root: str | Path, split: str = "train", splits_dir: str | Path | None = None):
+    def __init__(
+        self, root: str | Path, split: str = "train", splits_dir: str | Path | None = None
+    ):
         if split not in SPLIT_FILES:
-            raise DataError(f"unknown split {split!r} of the seed's data: use one of {list(SPLIT_FILES)}")
+            raise DataError(
+                f"unknown split {split!r} of the seed's data: use one of {list(SPLIT_FILES)}"
+            )
         self.root = Path(root).expanduser().resolve()
         self.split = split
         splits_dir = Path(splits_dir) if splits_dir else SPLITS_DIR

@@ -197,7 +197,9 @@ class FCN(nn.Module):
                     skip_score, CAFFE_SKIP_OFFSET[skip], *score.shape[-2:], f"score_{skip}"
                 )
             elif skip_score.shape[-2:] != score.shape[-2:]:
-                raise RuntimeError(f"score_{skip} {tuple(skip_score.shape)} != {tuple(score.shape)}")
+                raise RuntimeError(
+                    f"score_{skip} {tuple(skip_score.shape)} != {tuple(score.shape)}"
+                )
             score = score + skip_score
         score = getattr(self, self.final_upscore)(score)
         offset = CAFFE_FINAL_OFFSET[len(self.skips)] if caffe else 0
