@@ -75,7 +75,7 @@ def wandb_logger(
     os.makedirs(save_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         save_dir=save_dir,
         mode=resolved,
@@ -84,6 +84,9 @@ def wandb_logger(
         tags=list(tags),
         **kwargs,
     )
+    if logger._wandb_init.get("anonymous") is None:  # wandb warns about the unused setting
+        logger._wandb_init.pop("anonymous")
+    return logger
 
 
 def start_loggers(loggers: list[Logger]) -> list[Logger]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,8 @@ from fcn.errors import ConfigError, FCNError
 from fcn.tracking import finish_wandb, start_loggers
 
 log = logging.getLogger("fcn.train")
+# Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every step.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -91,19 +94,25 @@ def _save_config(resolved: dict, output_dir: Path) -> None:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
 
+def user_message(err: BaseException) -> str:
+    """The message of a user error, without the traceback text a DataLoader worker adds."""
+    text = str(err)
+    if "Original Traceback" in text:  # re-raised from a loader worker: keep the original line
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith("fcn.errors.") else last
+    return text
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""
     try:
         return train(cfg)
     except FCNError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
     except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, FCNError):
-            print(f"error: {cause}", file=sys.stderr)
-        else:
-            print(f"error: {err}", file=sys.stderr)
+        cause = err.__cause__ if isinstance(err.__cause__, FCNError) else err
+        print(f"error: {user_message(cause)}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
+from hydra.utils import instantiate
 
-from tests.conftest import TINY, run_train
+from tests.conftest import TINY, compose_train, run_train
 from tests.seed_tree import write_seed_tree
 
 
@@ -113,23 +115,65 @@ def test_multirun_over_variants_gives_three_jobs_and_three_wandb_runs(workdir: P
         offline = list((job / "wandb").glob("offline-run-*"))
         assert len(offline) == 1
         run_ids.add(offline[0].name.rsplit("-", 1)[1])
+        run_file = next(offline[0].glob("run-*.wandb")).read_bytes()
+        assert b"sweep" in run_file and f"model={model}".encode() in run_file  # group, name
     assert len(run_ids) == 3, "each job must be its own wandb run"
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_writes_one_run_folder(workdir: Path) -> None:
+def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> None:
     run = workdir / "run"
-    args = [*TINY, "trainer.devices=2", "trainer.strategy=ddp", "data.val_set.num_images=5",
-            "logger=csv", f"hydra.run.dir={run}"]  # fmt: skip
+    overrides = [*TINY, "data.val_set.num_images=5", "logger=csv"]  # 5: ranks get 3 and 2
+    args = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}"]
     proc = run_train(args, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes really joined
-    _assert_finished_run(run)
+    final = _assert_finished_run(run)["final"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert not list(workdir.glob("outputs"))  # the second process did not make its own folder
+
+    # The same weights validated by one process give the same metrics: no sample was dropped
+    # or counted twice, and the confusion matrices were summed, not the ratios averaged.
+    cfg = compose_train(overrides, workdir / "single")
+    datamodule = instantiate(cfg.data)
+    module = instantiate(
+        cfg.module, net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer)
+    )
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module.load_state_dict(ckpt["state_dict"])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    single = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    for key in ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss"):
+        assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
 
 
 def test_multirun_with_ddp_is_refused_at_once(workdir: Path) -> None:
     proc = run_train(["-m", *TINY, "trainer.devices=2", "model=fcn32,fcn8"], workdir)
     assert proc.returncode == 1
     assert "trainer.devices=2 cannot be combined with a multirun" in proc.stderr
+
+
+def test_corrupt_file_read_in_a_loader_worker_is_named(workdir: Path) -> None:
+    splits = write_seed_tree(workdir / "data")
+    first = (splits / "val_mat.txt").read_text().split()[0]
+    broken = workdir / "data" / "voc_seed" / "images_mat" / f"{first}.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    args = [
+        "model.trunk_width=2", "model.fc_width=4", "data.image_size=32", "data.num_workers=1",
+        f"data.train_set.splits_dir={splits}", "trainer.accelerator=cpu", "logger=none",
+        "hydra.run.dir=run",
+    ]  # fmt: skip
+    proc = run_train(args, workdir)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read image {broken}")
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_its_promised_mIoU(workdir: Path) -> None:
+    """The README's built-in job, unchanged: FCN-8s reaches a validation mIoU of 0.8."""
+    run = workdir / "run"
+    proc = run_train(["experiment=quickstart", "logger=none", f"hydra.run.dir={run}"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = _assert_finished_run(run)
+    assert metrics["epochs_completed"] == 20
+    assert metrics["best"]["val/mIoU"] >= 0.8, metrics["best"]

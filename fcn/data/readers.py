@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +34,32 @@ def voc_palette() -> list[int]:
     return palette
 
 
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the errors of reading ``path`` into a DataError naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+        raise DataError(f"cannot read {what} {path}: {err}") from None
+
+
 def read_image(path: Path) -> np.ndarray:
     """An RGB image as an HxWx3 uint8 array."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
+    with _reading(path, "image"), Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def read_png_label(path: Path) -> np.ndarray:
     """A VOC label: the palette indices of a "P" (or greyscale "L") PNG, never its colours."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise DataError(
-                    f"label {path} is a {img.mode!r} image; VOC labels are palette ('P') PNGs "
-                    "whose indices are the classes"
-                )
-            return np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"label file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"cannot read label {path}: {err}") from None
+    with _reading(path, "label"), Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise DataError(
+                f"label {path} is a {img.mode!r} image; VOC labels are palette ('P') PNGs "
+                "whose indices are the classes"
+            )
+        return np.asarray(img, dtype=np.uint8)
 
 
 def read_mat_label(path: Path) -> np.ndarray:
