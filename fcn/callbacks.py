@@ -16,7 +16,8 @@ class MetricsFile(pl.Callback):
     """Writes ``metrics.json``: per-epoch history, the final and the best validation metrics.
 
     ``best`` is the epoch with the highest ``monitor``; ``status`` is ``running`` until fit ends,
-    then ``finished``. The file is rewritten atomically after every epoch, on rank zero only.
+    then ``finished`` (or ``failed`` / ``interrupted``). The file is rewritten atomically after
+    every epoch, on rank zero only.
     """
 
     def __init__(self, path: str | Path, monitor: str = "val/mIoU", mode: str = "max") -> None:
@@ -38,6 +39,12 @@ class MetricsFile(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, status="finished")
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt)
+        self._write(trainer, "interrupted" if interrupted else "failed")
 
     def _record(self, trainer: pl.Trainer, status: str) -> None:
         """Close the epoch that just ended (train/loss is logged after validation) and write."""

@@ -112,3 +112,8 @@ def test_values_that_cannot_work_name_their_key(override: str, key: str) -> None
     cfg = compose_train(["data=shapes", override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_config(cfg)
+
+
+def test_loggers_combine_and_none_means_none() -> None:
+    assert list(compose_train(["logger=[wandb,csv]"]).logger) == ["wandb", "csv"]
+    assert not compose_train(["logger=none"]).logger

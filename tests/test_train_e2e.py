@@ -166,6 +166,7 @@ def test_corrupt_file_read_in_a_loader_worker_is_named(workdir: Path) -> None:
     proc = run_train(args, workdir)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read image {broken}")
+    assert json.loads((workdir / "run" / "metrics.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow
