@@ -154,3 +154,16 @@ def test_datamodule_batches_normalised_tensors() -> None:
     assert labels.shape == (4, 48, 48) and labels.dtype == torch.int64
     assert abs(images.mean().item()) < 2.0
     assert sum(len(b[0]) for b in dm.val_dataloader()) == 5
+
+
+def test_training_shuffle_follows_the_seed() -> None:
+    def first_batch(seed: int | None) -> torch.Tensor:
+        dm = SegmentationDataModule(
+            ShapesDataset(12, seed=0), ShapesDataset(2, seed=1), num_classes=6,
+            image_size=32, batch_size=12, seed=seed,
+        )  # fmt: skip
+        return next(iter(dm.train_dataloader()))[0]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
+    assert first_batch(None).shape == (12, 3, 32, 32)

@@ -178,3 +178,17 @@ def test_quickstart_reaches_its_promised_mIoU(workdir: Path) -> None:
     metrics = _assert_finished_run(run)
     assert metrics["epochs_completed"] == 20
     assert metrics["best"]["val/mIoU"] >= 0.8, metrics["best"]
+
+
+def test_a_run_resumes_from_its_last_checkpoint(workdir: Path) -> None:
+    first, second = workdir / "first", workdir / "second"
+    proc = run_train([*TINY, "logger=none", f"hydra.run.dir={first}"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = first / "checkpoints" / "last.ckpt"
+    args = [*TINY, "logger=none", "trainer.max_epochs=2", f"ckpt_path={last}"]
+    proc = run_train([*args, f"hydra.run.dir={second}"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert [e["epoch"] for e in resumed["history"]] == [1]  # epoch 0 was not trained again
+    ckpt = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4

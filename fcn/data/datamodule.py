@@ -60,6 +60,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: images per batch on each process.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         mean, std, channel_order: input normalisation (0-255 units).
+        seed: seeds the training shuffle (None: a fresh shuffle every run on one process).
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         channel_order: str = "rgb",
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -109,15 +110,17 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._world()
-        generator = torch.Generator().manual_seed(self.seed)
         if world > 1:
+            # every process must draw the same permutation: without a seed, use 0
+            seed = self.seed if self.seed is not None else 0
             sampler = DistributedSampler(
-                self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+                self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed
             )
             return DataLoader(
                 self.train_set, self.batch_size, sampler=sampler, drop_last=True,
                 worker_init_fn=_seed_worker, **self.loader_kwargs,
             )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         return DataLoader(
             self.train_set, self.batch_size, shuffle=True, drop_last=False, generator=generator,
             worker_init_fn=_seed_worker, **self.loader_kwargs,
