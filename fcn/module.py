@@ -82,9 +82,9 @@ class FCNModule(pl.LightningModule):
         images, labels = batch
         scores = self.net(images)
         loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
-        per_pixel = loss.detach() / valid.clamp(min=1) if self.loss_reduction == "sum" else loss
-        self.train_loss.update(per_pixel.detach(), weight=valid)
-        self.log("train/loss_step", per_pixel.detach(), prog_bar=True, batch_size=len(images))
+        per_pixel = (loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss).detach()
+        self.train_loss.update(per_pixel, weight=valid)
+        self.log("train/loss_step", per_pixel, prog_bar=True, batch_size=len(images))
         return loss
 
     def on_train_epoch_end(self) -> None:
