@@ -31,6 +31,14 @@ def segmentation_loss(scores: Tensor, target: Tensor, reduction: str) -> tuple[T
     return total / valid.clamp(min=1), valid
 
 
+def check_loss_reduction(loss_reduction: str) -> None:
+    """Raise ValueError unless ``loss_reduction`` is ``mean`` or ``sum``."""
+    if loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(
+            f"loss_reduction must be one of {list(LOSS_REDUCTIONS)}, got {loss_reduction!r}"
+        )
+
+
 class FCNModule(pl.LightningModule):
     """Trains an FCN with cross-entropy; validates with the paper's metrics.
 
@@ -55,11 +63,7 @@ class FCNModule(pl.LightningModule):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(
-                f"module.loss_reduction must be one of {list(LOSS_REDUCTIONS)}, "
-                f"got {loss_reduction!r}"
-            )
+        check_loss_reduction(loss_reduction)
         num_classes = net.num_classes
         names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(names) != num_classes:

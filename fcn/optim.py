@@ -47,13 +47,22 @@ def build_optimizer(
 
     Extra keyword arguments (momentum, betas, ...) go to the optimiser class.
     """
-    if not lr > 0:
-        raise ValueError(f"optimizer.lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"optimizer.weight_decay must be >= 0, got {weight_decay}")
+    check_optimizer_args(lr, weight_decay)
     cls = resolve_class(algorithm, "optimizer.algorithm")
     groups = parameter_groups(net, lr, weight_decay, bias_lr_mult, bias_weight_decay)
     return cls(groups, lr=lr, **kwargs)
+
+
+def check_optimizer_args(lr: float, weight_decay: float) -> None:
+    """Raise ValueError whose message starts with the name of the argument that cannot work."""
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, int | float)
+        or weight_decay < 0
+    ):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
 
 
 def resolve_class(path: str, key: str) -> type:

@@ -80,16 +80,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int | None = 0,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"data.num_classes must be at least 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"data.class_names has {len(class_names)} names for {num_classes} classes"
-            )
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"data.image_size must be positive or null, got {image_size}")
+        check_data_args(num_classes, class_names, batch_size, image_size)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
         transform = resize_and_pad(image_size) if image_size else None
@@ -130,6 +121,19 @@ class SegmentationDataModule(pl.LightningDataModule):
         rank, world = self._world()
         sampler = UnpaddedDistributedSampler(len(self.val_set), rank, world)
         return DataLoader(self.val_set, self.batch_size, sampler=sampler, **self.loader_kwargs)
+
+
+def check_data_args(
+    num_classes: int, class_names: Sequence[str] | None, batch_size: int, image_size: int | None
+) -> None:
+    """Raise ValueError whose message starts with the name of the argument that cannot work."""
+    for name, value, minimum in (("num_classes", num_classes, 2), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer or null, got {image_size!r}")
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -96,7 +96,7 @@ class FCN(nn.Module):
     ) -> None:
         super().__init__()
         skips = tuple(skips)
-        _check_args(num_classes, skips, alignment, trunk_width, fc_width, dropout)
+        check_fcn_args(num_classes, skips, alignment, trunk_width, fc_width, dropout)
         self.num_classes = num_classes
         self.skips = skips
         self.skip_scaling = bool(skip_scaling)
@@ -208,16 +208,17 @@ class FCN(nn.Module):
         return score
 
 
-def _check_args(
+def check_fcn_args(
     num_classes: int,
-    skips: tuple[str, ...],
+    skips: Sequence[str],
     alignment: str,
     trunk_width: int,
     fc_width: int,
     dropout: float,
 ) -> None:
-    """Raise ValueError naming the argument that cannot work."""
-    if not isinstance(num_classes, int) or num_classes < 2:
+    """Raise ValueError whose message starts with the name of the argument that cannot work."""
+    skips = tuple(skips)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if skips != SKIP_ORDER[: len(skips)]:
         raise ValueError(
@@ -227,7 +228,7 @@ def _check_args(
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {list(ALIGNMENTS)}, got {alignment!r}")
     for name, value in (("trunk_width", trunk_width), ("fc_width", fc_width)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not 0.0 <= dropout < 1.0:
+    if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
