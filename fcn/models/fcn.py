@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 ALIGNMENTS = ("caffe", "same")
 SKIP_ORDER = ("pool4", "pool3")  # a variant's skips are a prefix of this
-#: (name, scale) of the skip inputs under at-once training (the reference's fixed constants).
+#: Scale of each skip's input under at-once training (the reference's fixed constants).
 SKIP_SCALES = {"pool4": 0.01, "pool3": 0.0001}
 #: Final upsampler per number of skips: (layer name, stride).
 FINAL_UPSCORE = {0: ("upscore", 32), 1: ("upscore16", 16), 2: ("upscore8", 8)}
@@ -117,7 +117,7 @@ class FCN(nn.Module):
                 in_ch = out_ch
             self.stage_names.append(names)
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=caffe)
-        self.pool_channels = {"pool3": trunk_width * 4, "pool4": trunk_width * 8}
+        pool_channels = {"pool3": trunk_width * 4, "pool4": trunk_width * 8}
 
         # Fully connected layers as convolutions.
         self.fc6 = nn.Conv2d(in_ch, fc_width, 7, padding=0 if caffe else 3)
@@ -127,12 +127,11 @@ class FCN(nn.Module):
 
         # Skip scores and upsamplers, under the reference port's names.
         for skip in skips:
-            setattr(self, f"score_{skip}", nn.Conv2d(self.pool_channels[skip], num_classes, 1))
+            setattr(self, f"score_{skip}", nn.Conv2d(pool_channels[skip], num_classes, 1))
             setattr(self, FUSE_UPSCORE[skip], self._upsampler(2))
         final_name, final_stride = FINAL_UPSCORE[len(skips)]
         setattr(self, final_name, self._upsampler(final_stride))
         self.final_upscore = final_name
-        self.final_stride = final_stride
 
         self.reset_parameters()
 
