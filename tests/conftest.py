@@ -24,6 +24,7 @@ TINY = [
     "data.batch_size=4",
     "data.image_size=48",
     "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar.refresh_rate=0",
 ]

@@ -173,7 +173,8 @@ def test_corrupt_file_read_in_a_loader_worker_is_named(workdir: Path) -> None:
 def test_quickstart_reaches_its_promised_mIoU(workdir: Path) -> None:
     """The README's built-in job, unchanged: FCN-8s reaches a validation mIoU of 0.8."""
     run = workdir / "run"
-    proc = run_train(["experiment=quickstart", "logger=none", f"hydra.run.dir={run}"], workdir)
+    args = ["experiment=quickstart", "trainer.accelerator=cpu", "logger=none"]
+    proc = run_train([*args, f"hydra.run.dir={run}"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _assert_finished_run(run)
     assert metrics["epochs_completed"] == 20
