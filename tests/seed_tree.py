@@ -56,3 +56,47 @@ def write_seed_tree(root: Path, seed: int = 0) -> Path:
                 png.putpalette(voc_palette())
                 png.save(data / "labels_png" / f"{id_}.png")
     return splits
+
+
+def _write_voc(root: Path, id_: str, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    image, label = _scene(rng, *size)
+    label[0, :] = 255  # a void band, as VOC has
+    Image.fromarray(image).save(root / "JPEGImages" / f"{id_}.jpg", quality=95)
+    png = Image.fromarray(label, mode="P")
+    png.putpalette(voc_palette())
+    png.save(root / "SegmentationClass" / f"{id_}.png")
+
+
+def _write_sbd(root: Path, id_: str, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    image, label = _scene(rng, *size)
+    Image.fromarray(image).save(root / "img" / f"{id_}.jpg", quality=95)
+    struct = {"Segmentation": label, "Boundaries": np.zeros((20, 1), object)}
+    savemat(root / "cls" / f"{id_}.mat", {"GTcls": struct})
+
+
+def write_pascal_tree(
+    root: Path, splits: dict[str, list[str]], extra_voc: list[str] = (), size=(40, 56), seed=0
+) -> Path:
+    """VOCdevkit/VOC2012 and benchmark_RELEASE/dataset under ``root`` with real files.
+
+    ``splits`` maps ``voc_train``, ``voc_val``, ``sbd_train``, ``sbd_val`` to ids; every VOC id
+    (and ``extra_voc``) gets a JPEG and a palette PNG, every SBD id a JPEG and a GTcls .mat.
+    """
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2012"
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    for d in (voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets" / "Segmentation"):
+        d.mkdir(parents=True, exist_ok=True)
+    for d in (sbd / "img", sbd / "cls"):
+        d.mkdir(parents=True, exist_ok=True)
+    for name, ids in splits.items():
+        dataset, part = name.split("_")
+        folder = voc / "ImageSets" / "Segmentation" if dataset == "voc" else sbd
+        (folder / f"{part}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for id_ in ids:
+            (_write_voc if dataset == "voc" else _write_sbd)(
+                voc if dataset == "voc" else sbd, id_, rng, size
+            )
+    for id_ in extra_voc:
+        _write_voc(voc, id_, rng, size)
+    return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -11,6 +12,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToTensor, resize_and_pad
+
+log = logging.getLogger(__name__)
 
 
 class TransformedDataset(Dataset):
@@ -81,6 +84,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         check_data_args(num_classes, class_names, batch_size, image_size)
+        warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
         transform = resize_and_pad(image_size) if image_size else None
@@ -121,6 +125,26 @@ class SegmentationDataModule(pl.LightningDataModule):
         rank, world = self._world()
         sampler = UnpaddedDistributedSampler(len(self.val_set), rank, world)
         return DataLoader(self.val_set, self.batch_size, sampler=sampler, **self.loader_kwargs)
+
+
+def warn_about_ids(train_set: Dataset, val_set: Dataset) -> None:
+    """Log a warning, with the count, for ids listed twice in a split or in both splits."""
+    train_ids, val_ids = getattr(train_set, "ids", None), getattr(val_set, "ids", None)
+    for name, ids in (("train", train_ids), ("val", val_ids)):
+        if ids and len(ids) != len(set(ids)):
+            seen: set[str] = set()
+            repeated = [i for i in ids if i in seen or seen.add(i)]
+            log.warning(
+                "%d id(s) are listed more than once in the %s split, e.g. %s",
+                len(repeated), name, ", ".join(repeated[:5]),
+            )  # fmt: skip
+    if train_ids and val_ids:
+        shared = sorted(set(train_ids) & set(val_ids))
+        if shared:
+            log.warning(
+                "%d id(s) are in both the train and the val split, e.g. %s: validation "
+                "metrics will be optimistic", len(shared), ", ".join(shared[:5]),
+            )  # fmt: skip
 
 
 def check_data_args(

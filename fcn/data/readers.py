@@ -76,3 +76,30 @@ def read_mat_label(path: Path) -> np.ndarray:
     if seg.ndim != 2:
         raise DataError(f"{path}: GTcls.Segmentation has shape {seg.shape}, expected 2-D")
     return seg.astype(np.uint8)
+
+
+def read_ids(path: Path) -> list[str]:
+    """Image ids of a split list file, one per line (blank lines ignored)."""
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise DataError(f"cannot read split list {path}: {err.strerror or err}") from None
+
+
+def check_label(
+    label: np.ndarray, image: np.ndarray, label_path: Path, image_path: Path, num_classes: int
+) -> None:
+    """Refuse a label whose size differs from its image's or whose values are not classes or
+    255, naming the file and what is wrong."""
+    if label.shape != image.shape[:2]:
+        raise DataError(
+            f"label {label_path} is {label.shape[0]}x{label.shape[1]} but its image "
+            f"{image_path} is {image.shape[0]}x{image.shape[1]}"
+        )
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != 255)]
+    if bad.size:
+        raise DataError(
+            f"label {label_path} has values {bad.tolist()} outside the classes "
+            f"0..{num_classes - 1} and void (255)"
+        )

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from fcn.data.readers import VOC_CLASSES, read_image, read_mat_label, read_png_label
+from fcn.data.readers import (
+    VOC_CLASSES,
+    check_label,
+    read_ids,
+    read_image,
+    read_mat_label,
+    read_png_label,
+)
 from fcn.errors import DataError
 
 SPLITS_DIR = Path(__file__).parent / "splits" / "voc_seed"
@@ -51,13 +58,11 @@ class SeedVOC(Dataset):
                 "python -m fcn.train experiment=quickstart"
             )
         self.samples: list[tuple[Path, Path, str]] = []
+        self.ids: list[str] = []
         for list_name in SPLIT_FILES[split]:
             kind = list_name.rsplit("_", 1)[1]
-            list_file = splits_dir / f"{list_name}.txt"
-            try:
-                ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-            except OSError as err:
-                raise DataError(f"cannot read split file {list_file}: {err}") from None
+            ids = read_ids(splits_dir / f"{list_name}.txt")
+            self.ids += ids
             images, labels = self.root / f"images_{kind}", self.root / f"labels_{kind}"
             self.samples += [
                 (images / f"{i}.jpg", labels / f"{i}{LABEL_SUFFIX[kind]}", kind) for i in ids
@@ -77,9 +82,5 @@ class SeedVOC(Dataset):
         image_path, label_path, kind = self.samples[index]
         image = read_image(image_path)
         label = read_mat_label(label_path) if kind == "mat" else read_png_label(label_path)
-        if label.shape != image.shape[:2]:
-            raise DataError(
-                f"label {label_path} is {label.shape[0]}x{label.shape[1]} but its image "
-                f"{image_path} is {image.shape[0]}x{image.shape[1]}"
-            )
+        check_label(label, image, label_path, image_path, len(VOC_CLASSES))
         return image, label

@@ -1,0 +1,138 @@
+"""Pascal VOC 2012 and SBD in their own folder layouts, and the standard splits over them.
+
+Under ``root`` (``paths.data_dir``)::
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png          palette PNGs, 255 = void
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
+    benchmark_RELEASE/dataset/img/<id>.jpg
+    benchmark_RELEASE/dataset/cls/<id>.mat                 GTcls.Segmentation, no 255
+    benchmark_RELEASE/dataset/{train,val}.txt
+
+Splits (REFERENCE.md section 3):
+
+    voc2012_train / voc2012_val   1,464 / 1,449   VOC labels
+    sbd_train / sbd_val           8,498 / 2,857   SBD labels
+    aug_train                     10,582          (VOC train + SBD train + SBD val) - VOC val;
+                                                  VOC labels where VOC has one, else SBD's
+    seg11valid                    736             the paper's evaluation split (VOC2011 val not in
+                                                  SBD train), VOC labels; list shipped with fcn
+
+or any list file of ids (``ids_file``), labelled from VOC where it has the id, else from SBD.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from fcn.data.readers import (
+    VOC_CLASSES,
+    check_label,
+    read_ids,
+    read_image,
+    read_mat_label,
+    read_png_label,
+)
+from fcn.errors import DataError
+
+VOC_DIR = Path("VOCdevkit") / "VOC2012"
+SBD_DIR = Path("benchmark_RELEASE") / "dataset"
+PAPER_SPLITS = Path(__file__).parent / "splits" / "paper"
+SPLITS = ("voc2012_train", "voc2012_val", "sbd_train", "sbd_val", "aug_train", "seg11valid")
+
+
+class PascalDataset(Dataset):
+    """One split of VOC2012 / SBD; item ``i`` is ``(image HxWx3 uint8, label HxW uint8)``.
+
+    Args:
+        root: the folder holding ``VOCdevkit/`` and/or ``benchmark_RELEASE/``.
+        split: one of :data:`SPLITS`, or None with ``ids_file``.
+        ids_file: a text file of image ids, one per line (your own split).
+
+    Raises :class:`DataError` at construction when a folder, a split list or a listed file is
+    missing, naming it.
+    """
+
+    class_names = VOC_CLASSES
+
+    def __init__(
+        self, root: str | Path, split: str | None = None, ids_file: str | Path | None = None
+    ) -> None:
+        if (split is None) == (ids_file is None):
+            raise DataError("give a PascalDataset either split or ids_file (not both)")
+        if split is not None and split not in SPLITS:
+            raise DataError(f"unknown split {split!r}: use one of {list(SPLITS)} or ids_file")
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise DataError(
+                f"data folder not found: {self.root} (expected {VOC_DIR}/ and/or {SBD_DIR}/ in "
+                "it; see README, 'Data'). Set paths.data_dir or FCN_DATA_DIR, or try the "
+                "built-in data: python -m fcn.train experiment=quickstart"
+            )
+        self.split = split or str(ids_file)
+        ids, sources = self._ids_and_sources(split, ids_file)
+        self.ids = ids
+        located = [self._locate(i, sources) for i in ids]
+        missing = [i for i, sample in zip(ids, located, strict=True) if sample is None]
+        if missing:
+            where = " or ".join(
+                str(self.root / (VOC_DIR / "SegmentationClass" if s == "voc" else SBD_DIR / "cls"))
+                for s in sources
+            )
+            raise DataError(
+                f"{len(missing)} of {len(ids)} ids of split {self.split} have no label in "
+                f"{where}, e.g. {', '.join(missing[:5])}"
+            )
+        self.samples: list[tuple[Path, Path]] = located  # type: ignore[assignment]
+
+    def _list(self, relative: Path) -> list[str]:
+        return read_ids(self.root / relative)
+
+    def _ids_and_sources(
+        self, split: str | None, ids_file: str | Path | None
+    ) -> tuple[list[str], tuple[str, ...]]:
+        voc_sets = VOC_DIR / "ImageSets" / "Segmentation"
+        if split in ("voc2012_train", "voc2012_val"):
+            return self._list(voc_sets / f"{split.split('_')[1]}.txt"), ("voc",)
+        if split in ("sbd_train", "sbd_val"):
+            return self._list(SBD_DIR / f"{split.split('_')[1]}.txt"), ("sbd",)
+        if split == "aug_train":
+            val = set(self._list(voc_sets / "val.txt"))
+            merged = self._list(voc_sets / "train.txt")
+            merged += self._list(SBD_DIR / "train.txt") + self._list(SBD_DIR / "val.txt")
+            ids = [i for i in dict.fromkeys(merged) if i not in val]  # ordered, unique
+            return ids, ("voc", "sbd")
+        if split == "seg11valid":
+            return read_ids(PAPER_SPLITS / "seg11valid.txt"), ("voc",)
+        return read_ids(Path(ids_file).expanduser()), ("voc", "sbd")
+
+    def _locate(self, id_: str, sources: tuple[str, ...]) -> tuple[Path, Path] | None:
+        """(image, label) of ``id_`` from the first source that has its label, else None."""
+        for source in sources:
+            if source == "voc":
+                label = self.root / VOC_DIR / "SegmentationClass" / f"{id_}.png"
+                image = self.root / VOC_DIR / "JPEGImages" / f"{id_}.jpg"
+            else:
+                label = self.root / SBD_DIR / "cls" / f"{id_}.mat"
+                image = self.root / SBD_DIR / "img" / f"{id_}.jpg"
+            if label.is_file():
+                if not image.is_file():
+                    raise DataError(f"image file not found: {image} (its label is {label})")
+                return image, label
+        return None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        if label_path.suffix == ".mat":
+            label = read_mat_label(label_path)
+        else:
+            label = read_png_label(label_path)
+        check_label(label, image, label_path, image_path, len(VOC_CLASSES))
+        return image, label
