@@ -32,8 +32,13 @@ def check_config(cfg: DictConfig) -> None:
     _apply(
         "data", check_data_args, num_classes=data.get("num_classes"),
         class_names=data.get("class_names"), batch_size=data.get("batch_size"),
-        image_size=data.get("image_size"),
     )  # fmt: skip
+    for key in ("size", "crop"):
+        value = (cfg.get("transforms") or {}).get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"transforms.{key} must be a positive integer, got {value!r}")
     _apply(
         "model", check_fcn_args, num_classes=model.get("num_classes"),
         skips=model.get("skips") or (), alignment=model.get("alignment"),

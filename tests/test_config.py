@@ -16,7 +16,16 @@ from tests.conftest import CONF, compose_train
 
 GROUPS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks")
+    for group in (
+        "model",
+        "data",
+        "transforms",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+    )
 }
 GROUPS["experiment"] = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SMALL = ["model.trunk_width=2", "model.fc_width=4"]
@@ -27,6 +36,7 @@ def test_groups_offer_what_the_docs_promise() -> None:
     assert {"shapes", "voc_seed"} <= set(GROUPS["data"])
     assert {"adam", "sgd"} <= set(GROUPS["optimizer"])
     assert {"csv", "none", "wandb"} <= set(GROUPS["logger"])
+    assert {"resize_pad", "original", "augment"} <= set(GROUPS["transforms"])
     assert "quickstart" in GROUPS["experiment"]
 
 
@@ -36,7 +46,8 @@ def test_default_is_the_paper_sized_fcn8_with_the_seeds_recipe(tmp_path: Path) -
     assert (cfg.model.trunk_width, cfg.model.fc_width, cfg.model.alignment) == (64, 4096, "caffe")
     assert cfg.model.dropout == 0.2 and cfg.module.loss_reduction == "mean"
     assert cfg.data.train_set._target_.endswith("SeedVOC") and cfg.data.num_classes == 21
-    assert (cfg.data.image_size, cfg.data.batch_size, cfg.trainer.max_epochs) == (512, 16, 25)
+    assert (cfg.transforms.size, cfg.data.batch_size, cfg.trainer.max_epochs) == (512, 16, 25)
+    assert cfg.data.normalization == "torchvision"
     assert cfg.optimizer.algorithm == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
     assert cfg.optimizer.weight_decay == 2e-6 and not cfg.scheduler
     check_config(cfg)
@@ -104,6 +115,7 @@ def test_unknown_variant_and_misspelled_key_get_hydras_errors() -> None:
         ("model.skips=[pool3]", "model.skips"),
         ("module.loss_reduction=avg", "module.loss_reduction"),
         ("data.batch_size=0", "data.batch_size"),
+        ("transforms.size=0", "transforms.size"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
         ("seed=-1", "seed"),
     ],

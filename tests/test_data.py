@@ -12,7 +12,7 @@ from PIL import Image
 from fcn.data.datamodule import SegmentationDataModule, UnpaddedDistributedSampler
 from fcn.data.readers import read_mat_label, read_png_label
 from fcn.data.shapes import SHAPES_CLASSES, ShapesDataset
-from fcn.data.transforms import resize_and_pad
+from fcn.data.transforms import ToTensor, augment, pad_collate, resize_and_pad
 from fcn.data.voc_seed import SPLITS_DIR, SeedVOC
 from fcn.errors import DataError
 from tests.seed_tree import SPLITS, write_seed_tree
@@ -147,7 +147,8 @@ def test_unpadded_sampler_covers_each_sample_once() -> None:
 def test_datamodule_batches_normalised_tensors() -> None:
     dm = SegmentationDataModule(
         ShapesDataset(6, seed=0), ShapesDataset(5, seed=1), num_classes=6,
-        class_names=list(SHAPES_CLASSES), image_size=48, batch_size=4,
+        class_names=list(SHAPES_CLASSES), train_transform=resize_and_pad(48),
+        val_transform=resize_and_pad(48), batch_size=4,
     )  # fmt: skip
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 48, 48) and images.dtype == torch.float32
@@ -160,10 +161,68 @@ def test_training_shuffle_follows_the_seed() -> None:
     def first_batch(seed: int | None) -> torch.Tensor:
         dm = SegmentationDataModule(
             ShapesDataset(12, seed=0), ShapesDataset(2, seed=1), num_classes=6,
-            image_size=32, batch_size=12, seed=seed,
+            train_transform=resize_and_pad(32), batch_size=12, seed=seed,
         )  # fmt: skip
         return next(iter(dm.train_dataloader()))[0]
 
     assert torch.equal(first_batch(0), first_batch(0))
     assert not torch.equal(first_batch(0), first_batch(1))
     assert first_batch(None).shape == (12, 3, 32, 32)
+
+
+def test_augment_crops_scales_flips_and_pads_labels_with_void() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(60, 90, 3), dtype=np.uint8)
+    label = np.zeros((60, 90), np.uint8)
+    label[:, 45:] = 9
+    label[0] = 255
+    transform = augment(crop_size=128, scale=(0.5, 2.0), hflip=0.5)
+    seen_pad, seen_flip = False, False
+    for _ in range(30):
+        out = transform(image=image, mask=label)
+        assert out["image"].shape == (128, 128, 3) and out["mask"].shape == (128, 128)
+        values = set(np.unique(out["mask"]).tolist())
+        assert values <= {0, 9, 255}  # labels only ever nearest-resized
+        seen_pad |= bool((out["mask"] == 255).mean() > 0.3)  # crop larger than the scaled image
+        row = out["mask"][out["mask"].shape[0] // 2]
+        classes = row[row != 255]
+        seen_flip |= bool(classes.size and classes[0] == 9)  # class 9 moved to the left
+    assert seen_pad and seen_flip
+
+
+@pytest.mark.parametrize("kwargs", [{"crop_size": 0}, {"scale": (2.0, 1.0)}, {"hflip": 1.5}])
+def test_augment_refuses_impossible_settings(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        augment(**kwargs)
+
+
+def test_normalisation_presets_follow_the_weights() -> None:
+    image = np.zeros((1, 1, 3), np.uint8)
+    image[0, 0] = (10, 20, 30)  # RGB
+    label = np.zeros((1, 1), np.uint8)
+    caffe, _ = ToTensor("caffe")(image, label)
+    expected = [30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434]  # BGR, minus mean
+    assert caffe.flatten().tolist() == pytest.approx(expected)
+    tv, _ = ToTensor("torchvision")(image, label)
+    expected = [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (30 / 255 - 0.406) / 0.225]
+    assert tv.flatten().tolist() == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="normalization"):
+        ToTensor("imagenet")
+
+
+def test_pad_collate_pads_bottom_right_with_void() -> None:
+    a = (torch.ones(3, 4, 6), torch.zeros(4, 6, dtype=torch.long))
+    b = (torch.full((3, 7, 5), 2.0), torch.ones(7, 5, dtype=torch.long))
+    images, labels = pad_collate([a, b])
+    assert images.shape == (2, 3, 7, 6) and labels.shape == (2, 7, 6)
+    assert (labels[0, 4:] == 255).all() and (labels[0, :4] == 0).all()
+    assert (labels[1, :, 5] == 255).all() and (labels[1, :, :5] == 1).all()
+    assert (images[0, :, 4:] == 0).all() and (images[1, :, :, :5] == 2).all()
+
+
+def test_original_size_batches_mix_image_sizes() -> None:
+    dm = SegmentationDataModule(ShapesDataset(6, seed=0), ShapesDataset(4, seed=1), 6, batch_size=3)
+    images, labels = next(iter(dm.val_dataloader()))
+    sizes = [ShapesDataset(4, seed=1)[i][1].shape for i in range(3)]
+    assert images.shape[-2:] == (max(h for h, _ in sizes), max(w for _, w in sizes))
+    assert len({s for s in sizes}) > 1 and (labels == 255).any()

@@ -59,7 +59,7 @@ def test_seed_layout_tree_trains_with_the_default_caffe_network(workdir: Path) -
     splits = write_seed_tree(workdir / "data")
     run = workdir / "run"
     args = [
-        "model.trunk_width=4", "model.fc_width=8", "data.image_size=64", "data.batch_size=4",
+        "model.trunk_width=4", "model.fc_width=8", "transforms.size=64", "data.batch_size=4",
         "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
         f"data.train_set.splits_dir={splits}",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv",
@@ -159,7 +159,7 @@ def test_corrupt_file_read_in_a_loader_worker_is_named(workdir: Path) -> None:
     broken = workdir / "data" / "voc_seed" / "images_mat" / f"{first}.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     args = [
-        "model.trunk_width=2", "model.fc_width=4", "data.image_size=32", "data.num_workers=1",
+        "model.trunk_width=2", "model.fc_width=4", "transforms.size=32", "data.num_workers=1",
         f"data.train_set.splits_dir={splits}", "trainer.accelerator=cpu", "logger=none",
         "hydra.run.dir=run",
     ]  # fmt: skip
@@ -193,3 +193,14 @@ def test_a_run_resumes_from_its_last_checkpoint(workdir: Path) -> None:
     assert [e["epoch"] for e in resumed["history"]] == [1]  # epoch 0 was not trained again
     ckpt = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+
+
+@pytest.mark.parametrize("transforms", ["original", "augment"])
+def test_train_with_each_transform_pipeline(transforms: str, workdir: Path) -> None:
+    run = workdir / "run"
+    args = [*TINY, f"transforms={transforms}", "transforms.crop=40", "logger=none"]
+    if transforms == "original":
+        args.remove("transforms.crop=40")
+    proc = run_train([*args, f"hydra.run.dir={run}"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["status"] == "finished"

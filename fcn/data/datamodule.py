@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from fcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToTensor, resize_and_pad
+from fcn.data.transforms import ToTensor, pad_collate
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,12 @@ class SegmentationDataModule(pl.LightningDataModule):
     Args:
         train_set, val_set: the datasets (e.g. ``ShapesDataset``, ``SeedVOC``).
         num_classes, class_names: the label set; the model and the metrics take them from here.
-        image_size: the seed's resize-longer-side-and-centre-pad size, or None to keep sizes
-            (batch size 1 then, until padded batching lands).
+        train_transform, val_transform: albumentations transforms (``image=``, ``mask=``), or
+            None to keep images as they are; batches of different sizes are padded bottom/right
+            (label 255) by :func:`pad_collate`.
         batch_size: images per batch on each process.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
-        mean, std, channel_order: input normalisation (0-255 units).
+        normalization: the input normalisation preset (``torchvision``, ``caffe``, ``keras``).
         seed: seeds the training shuffle (None: a fresh shuffle every run on one process).
     """
 
@@ -72,30 +73,29 @@ class SegmentationDataModule(pl.LightningDataModule):
         val_set: Dataset,
         num_classes: int,
         class_names: Sequence[str] | None = None,
-        image_size: int | None = 512,
+        train_transform: Callable | None = None,
+        val_transform: Callable | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        channel_order: str = "rgb",
+        normalization: str = "torchvision",
         seed: int | None = 0,
     ) -> None:
         super().__init__()
-        check_data_args(num_classes, class_names, batch_size, image_size)
+        check_data_args(num_classes, class_names, batch_size)
         warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
-        transform = resize_and_pad(image_size) if image_size else None
-        to_tensor = ToTensor(mean, std, channel_order)
-        self.train_set = TransformedDataset(train_set, transform, to_tensor)
-        self.val_set = TransformedDataset(val_set, transform, to_tensor)
+        to_tensor = ToTensor(normalization)
+        self.train_set = TransformedDataset(train_set, train_transform, to_tensor)
+        self.val_set = TransformedDataset(val_set, val_transform, to_tensor)
         self.batch_size = batch_size
         self.loader_kwargs = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
+            "collate_fn": pad_collate,
         }
         self.seed = seed
 
@@ -147,17 +147,13 @@ def warn_about_ids(train_set: Dataset, val_set: Dataset) -> None:
             )  # fmt: skip
 
 
-def check_data_args(
-    num_classes: int, class_names: Sequence[str] | None, batch_size: int, image_size: int | None
-) -> None:
+def check_data_args(num_classes: int, class_names: Sequence[str] | None, batch_size: int) -> None:
     """Raise ValueError whose message starts with the name of the argument that cannot work."""
     for name, value, minimum in (("num_classes", num_classes, 2), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer or null, got {image_size!r}")
 
 
 def _seed_worker(worker_id: int) -> None:
