@@ -79,6 +79,7 @@ def test_missing_data_stops_at_once_naming_the_folder(workdir: Path) -> None:
     assert proc.returncode == 1
     assert str(workdir / "data" / "voc_seed") in proc.stderr
     assert "python -m fcn.train experiment=quickstart" in proc.stderr
+    assert "python -m fcn.data.prepare" in proc.stderr and "--layout seed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (workdir / "run" / "checkpoints").exists()
 

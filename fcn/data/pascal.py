@@ -69,8 +69,9 @@ class PascalDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(
                 f"data folder not found: {self.root} (expected {VOC_DIR}/ and/or {SBD_DIR}/ in "
-                "it; see README, 'Data'). Set paths.data_dir or FCN_DATA_DIR, or try the "
-                "built-in data: python -m fcn.train experiment=quickstart"
+                f"it). Download them with `python -m fcn.data.prepare --root {self.root}`, set "
+                "paths.data_dir or FCN_DATA_DIR, or try the built-in data: "
+                "python -m fcn.train experiment=quickstart"
             )
         self.split = split or str(ids_file)
         ids, sources = self._ids_and_sources(split, ids_file)

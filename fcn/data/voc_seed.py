@@ -53,7 +53,8 @@ class SeedVOC(Dataset):
         if not self.root.is_dir():
             raise DataError(
                 f"the seed's VOC data was not found: expected the folder {self.root} holding "
-                f"{', '.join(d + '/' for d in LAYOUT)} (see README, 'Data'). Point "
+                f"{', '.join(d + '/' for d in LAYOUT)}. Download and build it with "
+                f"`python -m fcn.data.prepare --root {self.root.parent} --layout seed`, point "
                 "paths.data_dir (or FCN_DATA_DIR) at its parent, or try the built-in data: "
                 "python -m fcn.train experiment=quickstart"
             )

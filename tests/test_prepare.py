@@ -1,0 +1,155 @@
+"""``python -m fcn.data.prepare`` against small archives served from this machine (loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcn.data.pascal import PAPER_SPLITS, PascalDataset
+from fcn.data.prepare import main
+from fcn.data.voc_seed import SeedVOC
+from tests.seed_tree import write_pascal_tree
+
+SPLITS = {
+    "voc_train": ["2007_000001", "2007_000002"],
+    "voc_val": ["2007_000010"],
+    "sbd_train": ["2008_000001", "2008_000002"],
+    "sbd_val": ["2008_000003", "2008_000004"],
+}
+SEED = {"train_mat": ["2008_000001", "2008_000002", "2008_000003"],
+        "val_mat": ["2008_000004"], "train_png": ["2007_000010"]}  # fmt: skip
+
+
+class _Server:
+    """Serves a folder over HTTP on 127.0.0.1; counts requests; can cut the next one short."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests = 0
+        self.truncate_next = False
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests += 1
+                if server.truncate_next:
+                    server.truncate_next = False
+                    data = (folder / self.path.lstrip("/")).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    return
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> Iterator[tuple[_Server, list[str], Path]]:
+    seg11 = (PAPER_SPLITS / "seg11valid.txt").read_text().split()
+    tree = write_pascal_tree(tmp_path / "src", SPLITS, extra_voc=seg11, size=(12, 16))
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "VOCtrainval_11-May-2012.tar", "w") as tar:
+        tar.add(tree / "VOCdevkit", arcname="VOCdevkit")
+    with tarfile.open(served / "benchmark.tgz", "w:gz") as tar:
+        tar.add(tree / "benchmark_RELEASE", arcname="benchmark_RELEASE")
+    seed_splits = tmp_path / "seed_splits"
+    seed_splits.mkdir()
+    for name, ids in SEED.items():
+        (seed_splits / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    server = _Server(served)
+    args = [
+        "--voc-url", f"{server.url}/VOCtrainval_11-May-2012.tar",
+        "--voc-md5", _md5(served / "VOCtrainval_11-May-2012.tar"),
+        "--sbd-url", f"{server.url}/benchmark.tgz",
+        "--sbd-md5", _md5(served / "benchmark.tgz"),
+        "--seed-splits", str(seed_splits),
+    ]  # fmt: skip
+    yield server, args, seed_splits
+    server.httpd.shutdown()
+
+
+def test_downloads_verifies_extracts_builds_seed_layout_and_reruns_for_free(
+    archives, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    server, args, seed_splits = archives
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--layout", "seed", *args]) == 0
+    assert server.requests == 2
+    assert PascalDataset(root, "aug_train").ids == [
+        "2007_000001", "2007_000002", "2008_000001", "2008_000002", "2008_000003", "2008_000004"
+    ]  # fmt: skip
+    assert len(SeedVOC(root / "voc_seed", "train", seed_splits)) == 4
+    assert not list((root / "downloads").glob("*"))  # archives removed after extraction
+    assert main(["--root", str(root), "--layout", "seed", *args]) == 0
+    assert server.requests == 2  # nothing fetched again
+    capsys.readouterr()
+    assert main(["--root", str(root), "--check", *args]) == 0
+    report = capsys.readouterr().out
+    for line in ("voc_seed/train         4           0", "aug_train              6           0",
+                 "seg11valid           736           0"):  # fmt: skip
+        assert line in report
+
+
+def test_interrupted_download_is_never_taken_for_whole(archives, tmp_path: Path) -> None:
+    server, args, _ = archives
+    root = tmp_path / "data"
+    server.truncate_next = True
+    assert main(["--root", str(root), "--datasets", "voc", *args]) == 1
+    assert not (root / "downloads" / "VOCtrainval_11-May-2012.tar").exists()
+    assert not (root / "VOCdevkit").exists()
+    assert main(["--root", str(root), "--datasets", "voc", *args]) == 0
+    assert len(PascalDataset(root, "voc2012_train")) == 2
+
+
+def test_checksum_mismatch_discards_the_file(
+    archives, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, args, _ = archives
+    args[args.index("--sbd-md5") + 1] = "0" * 32
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--datasets", "sbd", *args]) == 1
+    err = capsys.readouterr().err
+    assert "benchmark.tgz arrived with MD5" in err and "0" * 32 in err
+    assert not list((root / "downloads").glob("benchmark.tgz*"))
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    args = ["--root", str(tmp_path), "--datasets", "voc", "--voc-url", "http://127.0.0.1:9/x.tar"]
+    assert main(args) == 1
+    assert "cannot download http://127.0.0.1:9/x.tar" in capsys.readouterr().err
+
+
+def test_check_finds_unreadable_and_missing_files(tmp_path: Path, capsys) -> None:
+    root = write_pascal_tree(tmp_path, SPLITS)
+    label = root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2007_000002.png"
+    label.write_bytes(label.read_bytes()[:40])
+    (root / "benchmark_RELEASE" / "dataset" / "cls" / "2008_000004.mat").unlink()
+    assert main(["--root", str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"cannot read label {label}" in out
+    assert "1 of 2 ids of split sbd_val have no label" in out
+    image = np.zeros((4, 4, 3), np.uint8)
+    Image.fromarray(image).save(root / "unrelated.png")  # not part of any split: ignored
+    assert main(["--root", str(tmp_path / "empty"), "--check"]) == 1
