@@ -42,6 +42,12 @@ VOC_DIR = Path("VOCdevkit") / "VOC2012"
 SBD_DIR = Path("benchmark_RELEASE") / "dataset"
 PAPER_SPLITS = Path(__file__).parent / "splits" / "paper"
 SPLITS = ("voc2012_train", "voc2012_val", "sbd_train", "sbd_val", "aug_train", "seg11valid")
+SOURCES = ("voc", "sbd")
+#: source -> (label folder, label suffix, image folder)
+LABELS = {
+    "voc": (VOC_DIR / "SegmentationClass", ".png", VOC_DIR / "JPEGImages"),
+    "sbd": (SBD_DIR / "cls", ".mat", SBD_DIR / "img"),
+}
 
 
 class PascalDataset(Dataset):
@@ -75,19 +81,33 @@ class PascalDataset(Dataset):
             )
         self.split = split or str(ids_file)
         ids, sources = self._ids_and_sources(split, ids_file)
-        self.ids = ids
         located = [self._locate(i, sources) for i in ids]
-        missing = [i for i, sample in zip(ids, located, strict=True) if sample is None]
+        missing = [i for i, source in zip(ids, located, strict=True) if source is None]
         if missing:
-            where = " or ".join(
-                str(self.root / (VOC_DIR / "SegmentationClass" if s == "voc" else SBD_DIR / "cls"))
-                for s in sources
-            )
+            where = " or ".join(str(self.root / LABELS[s][0]) for s in sources)
             raise DataError(
                 f"{len(missing)} of {len(ids)} ids of split {self.split} have no label in "
                 f"{where}, e.g. {', '.join(missing[:5])}"
             )
-        self.samples: list[tuple[Path, Path]] = located  # type: ignore[assignment]
+        # Two flat arrays, not a list of paths: workers share them without copying, so a split of
+        # 100,000 ids costs each loader worker no more than one of 1,000 (bench/loader_memory.py).
+        self._ids = np.array([i.encode() for i in ids], dtype=np.bytes_)
+        self._sources = np.array([SOURCES.index(s) for s in located], dtype=np.uint8)
+
+    @property
+    def ids(self) -> list[str]:
+        """The split's image ids, in order."""
+        return [i.decode() for i in self._ids]
+
+    @property
+    def samples(self) -> list[tuple[Path, Path]]:
+        """(image, label) paths of every item."""
+        return [self._paths(i) for i in range(len(self))]
+
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        id_ = self._ids[index].decode()
+        labels, label_suffix, images = LABELS[SOURCES[self._sources[index]]]
+        return self.root / images / f"{id_}.jpg", self.root / labels / f"{id_}{label_suffix}"
 
     def _list(self, relative: Path) -> list[str]:
         return read_ids(self.root / relative)
@@ -110,26 +130,23 @@ class PascalDataset(Dataset):
             return read_ids(PAPER_SPLITS / "seg11valid.txt"), ("voc",)
         return read_ids(Path(ids_file).expanduser()), ("voc", "sbd")
 
-    def _locate(self, id_: str, sources: tuple[str, ...]) -> tuple[Path, Path] | None:
-        """(image, label) of ``id_`` from the first source that has its label, else None."""
+    def _locate(self, id_: str, sources: tuple[str, ...]) -> str | None:
+        """The first source that has a label for ``id_`` (its image must be there too)."""
         for source in sources:
-            if source == "voc":
-                label = self.root / VOC_DIR / "SegmentationClass" / f"{id_}.png"
-                image = self.root / VOC_DIR / "JPEGImages" / f"{id_}.jpg"
-            else:
-                label = self.root / SBD_DIR / "cls" / f"{id_}.mat"
-                image = self.root / SBD_DIR / "img" / f"{id_}.jpg"
+            labels, label_suffix, images = LABELS[source]
+            label = self.root / labels / f"{id_}{label_suffix}"
             if label.is_file():
+                image = self.root / images / f"{id_}.jpg"
                 if not image.is_file():
                     raise DataError(f"image file not found: {image} (its label is {label})")
-                return image, label
+                return source
         return None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, label_path = self.samples[index]
+        image_path, label_path = self._paths(index)
         image = read_image(image_path)
         if label_path.suffix == ".mat":
             label = read_mat_label(label_path)

@@ -29,6 +29,7 @@ SPLITS_DIR = Path(__file__).parent / "splits" / "voc_seed"
 #: split -> list files, each of ids whose files are in (images_<kind>, labels_<kind>)
 SPLIT_FILES = {"train": ("train_mat", "train_png"), "val": ("val_mat",)}
 LABEL_SUFFIX = {"mat": ".mat", "png": ".png"}
+KINDS = ("mat", "png")
 LAYOUT = ("images_mat", "labels_mat", "images_png", "labels_png")
 
 
@@ -58,16 +59,14 @@ class SeedVOC(Dataset):
                 "paths.data_dir (or FCN_DATA_DIR) at its parent, or try the built-in data: "
                 "python -m fcn.train experiment=quickstart"
             )
-        self.samples: list[tuple[Path, Path, str]] = []
-        self.ids: list[str] = []
+        ids, kinds = [], []
         for list_name in SPLIT_FILES[split]:
-            kind = list_name.rsplit("_", 1)[1]
-            ids = read_ids(splits_dir / f"{list_name}.txt")
-            self.ids += ids
-            images, labels = self.root / f"images_{kind}", self.root / f"labels_{kind}"
-            self.samples += [
-                (images / f"{i}.jpg", labels / f"{i}{LABEL_SUFFIX[kind]}", kind) for i in ids
-            ]
+            listed = read_ids(splits_dir / f"{list_name}.txt")
+            ids += listed
+            kinds += [list_name.rsplit("_", 1)[1]] * len(listed)
+        # Flat arrays, not a list of paths: loader workers share them without copying.
+        self._ids = np.array([i.encode() for i in ids], dtype=np.bytes_)
+        self._kinds = np.array([KINDS.index(k) for k in kinds], dtype=np.uint8)
         missing = [str(p) for s in self.samples for p in s[:2] if not p.is_file()]
         if missing:
             shown = "\n  ".join(missing[:5])
@@ -76,11 +75,29 @@ class SeedVOC(Dataset):
                 f"{self.root}, e.g.:\n  {shown}"
             )
 
+    @property
+    def ids(self) -> list[str]:
+        """The split's image ids, in order."""
+        return [i.decode() for i in self._ids]
+
+    @property
+    def samples(self) -> list[tuple[Path, Path, str]]:
+        """(image, label, kind) of every item; kind is ``mat`` (SBD) or ``png`` (VOC)."""
+        return [self._paths(i) for i in range(len(self))]
+
+    def _paths(self, index: int) -> tuple[Path, Path, str]:
+        id_, kind = self._ids[index].decode(), KINDS[self._kinds[index]]
+        return (
+            self.root / f"images_{kind}" / f"{id_}.jpg",
+            self.root / f"labels_{kind}" / f"{id_}{LABEL_SUFFIX[kind]}",
+            kind,
+        )
+
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, label_path, kind = self.samples[index]
+        image_path, label_path, kind = self._paths(index)
         image = read_image(image_path)
         label = read_mat_label(label_path) if kind == "mat" else read_png_label(label_path)
         check_label(label, image, label_path, image_path, len(VOC_CLASSES))
