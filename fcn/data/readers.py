@@ -96,8 +96,9 @@ def check_label(
             f"label {label_path} is {label.shape[0]}x{label.shape[1]} but its image "
             f"{image_path} is {image.shape[0]}x{image.shape[1]}"
         )
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != 255)]
+    counts = np.bincount(label.ravel(), minlength=256)  # uint8: faster than np.unique's sort
+    counts[255] = 0
+    bad = np.flatnonzero(counts[num_classes:]) + num_classes
     if bad.size:
         raise DataError(
             f"label {label_path} has values {bad.tolist()} outside the classes "
