@@ -1,15 +1,19 @@
-"""Callbacks of our own: the run's ``metrics.json``."""
+"""Callbacks of our own: the run's ``metrics.json``; the report of skipped data files."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
 
 
 class MetricsFile(pl.Callback):
@@ -32,7 +36,7 @@ class MetricsFile(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._pending_val = _scalars(trainer.callback_metrics, "val/")
+        self._pending_val = _scalars(trainer.callback_metrics, ("val/", "data/skipped_val"))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, status="running")
@@ -49,7 +53,7 @@ class MetricsFile(pl.Callback):
     def _record(self, trainer: pl.Trainer, status: str) -> None:
         """Close the epoch that just ended (train/loss is logged after validation) and write."""
         epoch = trainer.current_epoch - 1
-        train = _scalars(trainer.callback_metrics, "train/")
+        train = _scalars(trainer.callback_metrics, ("train/", "data/skipped_train"))
         train.pop("train/loss_step", None)
         if epoch >= 0 and (self._pending_val or "train/loss" in train):
             if not self.history or self.history[-1]["epoch"] != epoch:
@@ -84,7 +88,7 @@ class MetricsFile(pl.Callback):
         os.replace(tmp, self.path)
 
 
-def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+def _scalars(metrics: dict[str, Any], prefix: str | tuple[str, ...]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefix) and v.numel() == 1}
 
 
@@ -103,3 +107,28 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+class SkippedFilesReport(pl.Callback):
+    """At the end of each training and validation epoch, report how many unreadable data files
+    were skipped (``data.on_bad_file=skip``), summed over DDP processes, as a warning and as the
+    metrics ``data/skipped_train`` and ``data/skipped_val``."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module, "val")
+
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
+        dataset = getattr(trainer.datamodule, f"{split}_set", None)
+        if not hasattr(dataset, "pop_skipped"):
+            return
+        local = torch.tensor(float(dataset.pop_skipped()), device=pl_module.device)
+        total = int(trainer.strategy.reduce(local, reduce_op="sum").item())
+        if total and not trainer.sanity_checking:
+            log.warning(
+                "%d unreadable file(s) skipped in this %s epoch (data.on_bad_file=skip); "
+                "the warnings above name them", total, split,
+            )  # fmt: skip
+            pl_module.log(f"data/skipped_{split}", float(total))

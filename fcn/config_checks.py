@@ -32,6 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     _apply(
         "data", check_data_args, num_classes=data.get("num_classes"),
         class_names=data.get("class_names"), batch_size=data.get("batch_size"),
+        on_bad_file=data.get("on_bad_file", "error"),
     )  # fmt: skip
     for key in ("size", "crop"):
         value = (cfg.get("transforms") or {}).get(key)

@@ -97,6 +97,8 @@ class FCNModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
+        if len(images) == 0:  # every file of the batch was skipped (data.on_bad_file=skip)
+            return
         scores = self.net(images)
         loss, valid = segmentation_loss(scores, labels, "mean")
         self.val_loss.update(loss, weight=valid)

@@ -116,6 +116,7 @@ def test_unknown_variant_and_misspelled_key_get_hydras_errors() -> None:
         ("module.loss_reduction=avg", "module.loss_reduction"),
         ("data.batch_size=0", "data.batch_size"),
         ("transforms.size=0", "transforms.size"),
+        ("data.on_bad_file=ignore", "data.on_bad_file"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
         ("seed=-1", "seed"),
     ],

@@ -9,7 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fcn.data.datamodule import SegmentationDataModule, UnpaddedDistributedSampler
+from fcn.data.datamodule import (
+    SegmentationDataModule,
+    TransformedDataset,
+    UnpaddedDistributedSampler,
+)
 from fcn.data.readers import read_mat_label, read_png_label
 from fcn.data.shapes import SHAPES_CLASSES, ShapesDataset
 from fcn.data.transforms import ToTensor, augment, pad_collate, resize_and_pad
@@ -226,3 +230,34 @@ def test_original_size_batches_mix_image_sizes() -> None:
     sizes = [ShapesDataset(4, seed=1)[i][1].shape for i in range(3)]
     assert images.shape[-2:] == (max(h for h, _ in sizes), max(w for _, w in sizes))
     assert len({s for s in sizes}) > 1 and (labels == 255).any()
+
+
+class _Flaky(torch.utils.data.Dataset):
+    """Items 1 and 2 are unreadable."""
+
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, i: int):
+        if i in (1, 2):
+            raise DataError(f"cannot read image /data/{i}.jpg: truncated")
+        return np.full((4, 4, 3), i, np.uint8), np.zeros((4, 4), np.uint8)
+
+
+def test_skip_policy_substitutes_in_training_and_drops_in_validation() -> None:
+    to_tensor = ToTensor()
+    train = TransformedDataset(_Flaky(), None, to_tensor, "skip", substitute=True)
+    val = TransformedDataset(_Flaky(), None, to_tensor, "skip")
+    image, _ = train[1]  # items 1 and 2 unreadable: item 3 stands in
+    assert image.shape == (3, 4, 4) and train.pop_skipped() == 2 and train.pop_skipped() == 0
+    assert val[2] is None and val.pop_skipped() == 1
+    images, labels = pad_collate([val[0], val[1], val[3]])
+    assert images.shape[0] == 2 and labels.shape[0] == 2
+    assert pad_collate([None])[0].shape[0] == 0
+    with pytest.raises(DataError, match="2.jpg"):
+        TransformedDataset(_Flaky(), None, to_tensor)[2]  # the default policy: stop
+
+
+def test_unknown_bad_file_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="on_bad_file"):
+        SegmentationDataModule(_Flaky(), _Flaky(), 2, on_bad_file="ignore")

@@ -205,3 +205,28 @@ def test_train_with_each_transform_pipeline(transforms: str, workdir: Path) -> N
     proc = run_train([*args, f"hydra.run.dir={run}"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_skip_policy_skips_counts_and_reports_bad_files(workdir: Path) -> None:
+    splits = write_seed_tree(workdir / "data")
+    train_id = (splits / "train_mat.txt").read_text().split()[2]
+    val_id = (splits / "val_mat.txt").read_text().split()[0]
+    broken_image = workdir / "data" / "voc_seed" / "images_mat" / f"{train_id}.jpg"
+    broken_image.write_bytes(b"\xff\xd8 truncated")
+    broken_label = workdir / "data" / "voc_seed" / "labels_mat" / f"{val_id}.mat"
+    broken_label.write_bytes(b"MATLAB 5.0 but not really")
+    run = workdir / "run"
+    args = [
+        "model.trunk_width=2", "model.fc_width=4", "transforms.size=32", "data.num_workers=2",
+        "data.on_bad_file=skip", f"data.train_set.splits_dir={splits}", "trainer.max_epochs=2",
+        "trainer.accelerator=cpu", "logger=csv", "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    proc = run_train(args, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert log.count("1 unreadable file(s) skipped in this train epoch") == 2  # once per epoch
+    assert log.count("1 unreadable file(s) skipped in this val epoch") == 2
+    assert str(broken_image) in proc.stderr + log and str(broken_label) in proc.stderr + log
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert final["data/skipped_val"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -12,27 +13,71 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fcn.data.transforms import ToTensor, pad_collate
+from fcn.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class TransformedDataset(Dataset):
-    """Applies an albumentations transform and :class:`ToTensor` to ``(image, label)`` items."""
+BAD_FILE_POLICIES = ("error", "skip")
+#: With on_bad_file=skip, a training item tries at most this many neighbours for a readable one.
+MAX_SUBSTITUTES = 10
 
-    def __init__(self, dataset: Dataset, transform: Callable | None, to_tensor: ToTensor) -> None:
+
+class TransformedDataset(Dataset):
+    """Applies an albumentations transform and :class:`ToTensor` to ``(image, label)`` items.
+
+    ``on_bad_file="skip"`` turns an unreadable file (a :class:`DataError`) into a logged warning
+    and a count in :attr:`skipped`, shared by the loader workers: a training item is replaced by
+    the next readable one (batches keep their size, so DDP processes stay in step), a validation
+    item is dropped (counting nothing twice).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform: Callable | None,
+        to_tensor: ToTensor,
+        on_bad_file: str = "error",
+        substitute: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.to_tensor = to_tensor
+        self.on_bad_file = on_bad_file
+        self.substitute = substitute
+        self.skipped = multiprocessing.Value("i", 0)  # shared with forked loader workers
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image, label = self.dataset[index]
-        if self.transform is not None:
-            out = self.transform(image=image, mask=label)
-            image, label = out["image"], out["mask"]
-        return self.to_tensor(image, label)
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
+        tries = MAX_SUBSTITUTES if self.substitute else 1
+        for attempt in range(tries):
+            try:
+                image, label = self.dataset[(index + attempt) % len(self.dataset)]
+            except DataError as err:
+                if self.on_bad_file == "error":
+                    raise
+                with self.skipped.get_lock():
+                    self.skipped.value += 1
+                log.warning("skipped (data.on_bad_file=skip): %s", err)
+                continue
+            if self.transform is not None:
+                out = self.transform(image=image, mask=label)
+                image, label = out["image"], out["mask"]
+            return self.to_tensor(image, label)
+        if self.substitute:
+            raise DataError(
+                f"{tries} files in a row from item {index} on could not be read: "
+                "the data looks broken beyond skipping (see the warnings above)"
+            )
+        return None
+
+    def pop_skipped(self) -> int:
+        """Files skipped since the last call (across all workers), and reset the count."""
+        with self.skipped.get_lock():
+            count, self.skipped.value = self.skipped.value, 0
+        return count
 
 
 class UnpaddedDistributedSampler(Sampler[int]):
@@ -64,6 +109,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: images per batch on each process.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         normalization: the input normalisation preset (``torchvision``, ``caffe``, ``keras``).
+        on_bad_file: ``error`` (stop, naming the file) or ``skip`` (warn, count, go on).
         seed: seeds the training shuffle (None: a fresh shuffle every run on one process).
     """
 
@@ -81,15 +127,18 @@ class SegmentationDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         normalization: str = "torchvision",
         seed: int | None = 0,
+        on_bad_file: str = "error",
     ) -> None:
         super().__init__()
-        check_data_args(num_classes, class_names, batch_size)
+        check_data_args(num_classes, class_names, batch_size, on_bad_file)
         warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
         to_tensor = ToTensor(normalization)
-        self.train_set = TransformedDataset(train_set, train_transform, to_tensor)
-        self.val_set = TransformedDataset(val_set, val_transform, to_tensor)
+        self.train_set = TransformedDataset(
+            train_set, train_transform, to_tensor, on_bad_file, substitute=True
+        )
+        self.val_set = TransformedDataset(val_set, val_transform, to_tensor, on_bad_file)
         self.batch_size = batch_size
         self.loader_kwargs = {
             "num_workers": num_workers,
@@ -147,13 +196,22 @@ def warn_about_ids(train_set: Dataset, val_set: Dataset) -> None:
             )  # fmt: skip
 
 
-def check_data_args(num_classes: int, class_names: Sequence[str] | None, batch_size: int) -> None:
+def check_data_args(
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    batch_size: int,
+    on_bad_file: str = "error",
+) -> None:
     """Raise ValueError whose message starts with the name of the argument that cannot work."""
     for name, value, minimum in (("num_classes", num_classes, 2), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ValueError(
+            f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}, got {on_bad_file!r}"
+        )
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -121,9 +121,13 @@ class ToTensor:
         return x, y
 
 
-def pad_collate(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+def pad_collate(batch: Sequence[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor]:
     """Stack images of different sizes: pad each at the bottom and right to the largest height
-    and width in the batch (image 0 after normalisation, label 255)."""
+    and width in the batch (image 0 after normalisation, label 255). Skipped items (None) are
+    left out; a batch of nothing but skipped items is empty."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0, 3, 0, 0), torch.empty(0, 0, 0, dtype=torch.long)
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
     images = torch.zeros(len(batch), batch[0][0].shape[0], height, width)
