@@ -24,6 +24,10 @@ NORMALIZATIONS = {
 }
 
 
+#: How every pad is filled: image 0, label void (so the loss and the metrics ignore it).
+VOID_PAD = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": IGNORE_INDEX}
+
+
 def _positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -38,14 +42,7 @@ def resize_and_pad(size: int) -> A.Compose:
             A.LongestMaxSize(
                 max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
             ),
-            A.PadIfNeeded(
-                min_height=size,
-                min_width=size,
-                position="center",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=IGNORE_INDEX,
-            ),
+            A.PadIfNeeded(min_height=size, min_width=size, position="center", **VOID_PAD),
         ]
     )
 
@@ -76,13 +73,7 @@ def augment(
             p=1.0,
         ),
         A.RandomCrop(
-            height=crop_size,
-            width=crop_size,
-            pad_if_needed=True,
-            pad_position="random",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=IGNORE_INDEX,
+            height=crop_size, width=crop_size, pad_if_needed=True, pad_position="random", **VOID_PAD
         ),
         A.HorizontalFlip(p=hflip),
     ]
