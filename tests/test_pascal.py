@@ -76,8 +76,9 @@ def test_missing_root_and_split_list_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="experiment=quickstart") as err:
         PascalDataset(tmp_path / "nowhere", "voc2012_train")
     assert str(tmp_path / "nowhere") in str(err.value)
-    with pytest.raises(DataError, match=r"ImageSets/Segmentation/train\.txt"):
+    with pytest.raises(DataError, match=r"ImageSets/Segmentation/train\.txt") as err:
         PascalDataset(tmp_path, "voc2012_train")
+    assert "python -m fcn.data.prepare" in str(err.value)
 
 
 def test_missing_labels_are_counted_and_named(tree: Path, tmp_path: Path) -> None:

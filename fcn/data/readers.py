@@ -83,7 +83,10 @@ def read_ids(path: Path) -> list[str]:
     try:
         return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except OSError as err:
-        raise DataError(f"cannot read split list {path}: {err.strerror or err}") from None
+        raise DataError(
+            f"cannot read split list {path}: {err.strerror or err} (python -m fcn.data.prepare "
+            "downloads VOC2012 and SBD with their lists)"
+        ) from None
 
 
 def check_label(
