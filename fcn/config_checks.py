@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fcn.data.datamodule import check_data_args
 from fcn.errors import ConfigError
 from fcn.models.fcn import check_fcn_args
+from fcn.models.weights import WEIGHT_SOURCES
 from fcn.module import check_loss_reduction
 from fcn.optim import check_optimizer_args
 
@@ -50,6 +51,11 @@ def check_config(cfg: DictConfig) -> None:
         "optimizer", check_optimizer_args, lr=optimizer.get("lr"),
         weight_decay=optimizer.get("weight_decay", 0.0),
     )  # fmt: skip
+    source = (cfg.get("weights") or {}).get("source", "none")
+    if source not in WEIGHT_SOURCES:
+        raise ConfigError(f"weights.source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
+    if "weights" in cfg and OmegaConf.is_missing(cfg.weights, "path"):
+        raise ConfigError(f"weights.path must name the weights file to start from ({source})")
     _apply("module", check_loss_reduction, loss_reduction=cfg.module.get("loss_reduction"))
     max_epochs = cfg.trainer.get("max_epochs")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:

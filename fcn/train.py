@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, FCNError
+from fcn.models.weights import init_weights
 from fcn.tracking import finish_wandb, start_loggers
 
 log = logging.getLogger("fcn.train")
@@ -41,6 +42,9 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
+    new = init_weights(net, cfg.weights.source, cfg.weights.path)
+    if new:
+        log.info("layers new to this model (not in %s): %s", cfg.weights.path, ", ".join(new))
     module = instantiate(
         cfg.module,
         net=net,

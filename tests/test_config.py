@@ -130,3 +130,18 @@ def test_values_that_cannot_work_name_their_key(override: str, key: str) -> None
 def test_loggers_combine_and_none_means_none() -> None:
     assert list(compose_train(["logger=[wandb,csv]"]).logger) == ["wandb", "csv"]
     assert not compose_train(["logger=none"]).logger
+
+
+@pytest.mark.parametrize(
+    ("option", "normalization"),
+    [("none", "torchvision"), ("imagenet", "torchvision"), ("imagenet_caffe", "caffe"),
+     ("fcn", "torchvision")],
+)  # fmt: skip
+def test_weights_options_compose_with_their_normalisation(option: str, normalization: str) -> None:
+    cfg = compose_train([f"weights={option}", "data=voc2012"])
+    assert cfg.data.normalization == normalization
+    if option in ("imagenet_caffe", "fcn"):
+        with pytest.raises(ConfigError, match="weights.path"):
+            check_config(cfg)
+        cfg = compose_train([f"weights={option}", "data=voc2012", "weights.path=w.pth"])
+    check_config(cfg)

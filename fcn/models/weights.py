@@ -1,0 +1,152 @@
+"""Weights into an FCN: ImageNet VGG16 (torchvision's or the Caffe conversion), whole FCN files
+(the reference port's ``*_from_caffe.pth``, our checkpoints), and staged training (FCN-16s from
+FCN-32s, FCN-8s from FCN-16s). Files are read with ``weights_only=True``: loading never runs
+code from a file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from fcn.errors import DataError
+from fcn.models.fcn import FCN
+
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+#: torchvision VGG16 ``features`` indices of the 13 convs, in order conv1_1 ... conv5_3.
+VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+#: Layers a staged run may add to the file it starts from (the paper's 32s -> 16s -> 8s).
+SKIP_SCORES = ("score_pool4", "score_pool3")
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a bare state dict, a ``{"model_state_dict": ...}`` file (the reference
+    port) or a Lightning checkpoint (``state_dict`` with ``net.`` prefixes)."""
+    path = Path(path).expanduser()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"weights file not found: {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise DataError(
+            f"cannot read weights from {path}: {str(err).splitlines()[0]} (files are loaded "
+            "weights-only: anything but tensors and plain containers is refused)"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        inner = obj["state_dict"]
+        return {k.removeprefix("net."): v for k, v in inner.items() if k.startswith("net.")}
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise DataError(f"{path} holds no state dict of tensors")
+    return dict(obj)
+
+
+def load_fcn_weights(net: FCN, path: str | Path) -> list[str]:
+    """Load a whole FCN's weights; return the parameters the file did not have.
+
+    Only the skip scores a staged run adds (``score_pool4``, ``score_pool3``) may be missing;
+    the fixed bilinear upsamplers are never taken from files. Any other missing, unexpected or
+    differently shaped tensor is an error naming it (a class-count mismatch shows as
+    ``score_fr.weight``).
+    """
+    state = read_weights(path)
+    upsamplers = {n for n, p in net.named_parameters() if not p.requires_grad}
+    own = {k: v for k, v in net.state_dict().items() if k not in upsamplers}
+    state = {k: v for k, v in state.items() if not k.startswith("upscore")}
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    new = [k for k in missing if k.split(".")[0] in SKIP_SCORES]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(state) & set(own))
+        if state[k].shape != own[k].shape
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"not in this model: {', '.join(unexpected[:6])}")
+    if sorted(set(missing) - set(new)):
+        problems.append(f"missing from the file: {', '.join(sorted(set(missing) - set(new))[:6])}")
+    if shapes:
+        problems.append("different shapes (classes or widths differ?): " + "; ".join(shapes[:4]))
+    if problems:
+        raise DataError(
+            f"weights in {path} do not fit this {_describe(net)}: " + ". ".join(problems)
+        )
+    net.load_state_dict(state, strict=False)
+    return new
+
+
+def vgg16_to_fcn(vgg: Mapping[str, Tensor], net: FCN) -> dict[str, Tensor]:
+    """torchvision VGG16 tensors under FCN names; fc6/fc7 reshaped from the classifier."""
+    if net.conv1_1.out_channels != 64 or net.fc6.out_channels != 4096:
+        raise DataError(
+            "ImageNet VGG16 weights need the full-width network "
+            f"(model.trunk_width=64, model.fc_width=4096), not {_describe(net)}"
+        )
+    names = [f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3), strict=True)
+             for i in range(1, n + 1)]  # fmt: skip
+    out = {}
+    for name, index in zip(names, VGG16_CONV_INDICES, strict=True):
+        out[f"{name}.weight"] = vgg[f"features.{index}.weight"]
+        out[f"{name}.bias"] = vgg[f"features.{index}.bias"]
+    out["fc6.weight"] = vgg["classifier.0.weight"].view(4096, 512, 7, 7)
+    out["fc6.bias"] = vgg["classifier.0.bias"]
+    out["fc7.weight"] = vgg["classifier.3.weight"].view(4096, 4096, 1, 1)
+    out["fc7.bias"] = vgg["classifier.3.bias"]
+    return out
+
+
+def load_vgg16_imagenet(net: FCN, path: str | Path | None = None) -> None:
+    """Initialise the trunk and fc6/fc7 from ImageNet VGG16 (the 1000-way classifier dropped).
+
+    ``path`` None takes torchvision's file from the torch hub cache; nothing is downloaded here,
+    so without network and file the error says which file to put where.
+    """
+    if path is None:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+        if not path.is_file():
+            raise DataError(
+                f"ImageNet VGG16 weights not found: put {VGG16_URL} at {path} (torch's hub "
+                "cache), or give the file with weights.path=<file>"
+            )
+    state = read_weights(path)
+    try:
+        converted = vgg16_to_fcn(state, net)
+    except KeyError as err:
+        raise DataError(f"{path} is not a torchvision VGG16 state dict: no {err}") from None
+    net.load_state_dict(converted, strict=False)
+
+
+def _describe(net: FCN) -> str:
+    variant = {0: "FCN-32s", 1: "FCN-16s", 2: "FCN-8s"}[len(net.skips)]
+    return (
+        f"{variant} ({net.num_classes} classes, trunk width {net.conv1_1.out_channels}, "
+        f"fc width {net.fc6.out_channels})"
+    )
+
+
+WEIGHT_SOURCES = ("none", "imagenet", "fcn")
+
+
+def init_weights(net: FCN, source: str = "none", path: str | Path | None = None) -> list[str]:
+    """Apply the configured initialisation; return the parameters new to the model (staged
+    training), which :func:`load_fcn_weights` allows only for the skip scores.
+
+    ``none``: He init (as built); ``imagenet``: VGG16 trunk and fc6/fc7 from torchvision's file
+    or ``path`` (the Caffe conversion too); ``fcn``: a whole FCN file at ``path``.
+    """
+    if source not in WEIGHT_SOURCES:
+        raise ValueError(f"source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
+    if source == "imagenet":
+        load_vgg16_imagenet(net, path)
+    elif source == "fcn":
+        if path is None:
+            raise ValueError("path must name an FCN weights file when source is fcn")
+        return load_fcn_weights(net, path)
+    return []
