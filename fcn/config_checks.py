@@ -27,9 +27,12 @@ def _apply(group: str, check: Callable[..., None], **values: Any) -> None:
         raise ConfigError(f"{group}.{err}") from None
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first value that cannot work, naming its key."""
-    data, model, optimizer = cfg.data, cfg.model, cfg.optimizer
+def check_config(cfg: DictConfig, training: bool = True) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot work, naming its key.
+
+    ``training=False`` (evaluation) checks the data, transforms and model only.
+    """
+    data, model = cfg.data, cfg.model
     _apply(
         "data", check_data_args, num_classes=data.get("num_classes"),
         class_names=data.get("class_names"), batch_size=data.get("batch_size"),
@@ -47,6 +50,9 @@ def check_config(cfg: DictConfig) -> None:
         trunk_width=model.get("trunk_width"), fc_width=model.get("fc_width"),
         dropout=model.get("dropout"),
     )  # fmt: skip
+    if not training:
+        return
+    optimizer = cfg.optimizer
     _apply(
         "optimizer", check_optimizer_args, lr=optimizer.get("lr"),
         weight_decay=optimizer.get("weight_decay", 0.0),

@@ -43,14 +43,14 @@ def compose_train(overrides: list[str], hydra_dir: Path | None = None) -> DictCo
 
 
 def run_train(
-    args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None
+    args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None, entry: str = "train"
 ) -> subprocess.CompletedProcess:
-    """``python -m fcn.train ARGS`` in a subprocess with no wandb credentials and no network."""
+    """``python -m fcn.ENTRY ARGS`` in a subprocess with no wandb credentials and no network."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     full_env.update({"HOME": str(cwd), "PYTHONUNBUFFERED": "1", "WANDB_DISABLE_CODE": "true"})
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "fcn.train", *args],
+        [sys.executable, "-m", f"fcn.{entry}", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 

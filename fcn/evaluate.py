@@ -1,0 +1,88 @@
+"""Score a trained FCN: ``python -m fcn.evaluate ckpt_path=<file> [model=...] [data=...]``.
+
+Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU and per-class IoU from one
+confusion matrix over the data config's whole validation split (summed across processes under
+DDP), printed as a table and written to ``output_file`` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from fcn.config_checks import check_config
+from fcn.errors import ConfigError, FCNError
+from fcn.metrics import METRIC_NAMES
+from fcn.models.weights import load_fcn_weights
+from fcn.module import FCNModule
+from fcn.optim import build_optimizer
+from fcn.train import user_message
+
+log = logging.getLogger("fcn.evaluate")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Validate ``cfg.ckpt_path`` on ``cfg.data``'s validation split; return the metrics."""
+    check_config(cfg, training=False)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model)
+    load_fcn_weights(net, cfg.ckpt_path)
+    module = FCNModule(net, optimizer=build_optimizer, class_names=datamodule.class_names)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
+    )
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    _report(metrics, cfg)
+    return metrics
+
+
+@rank_zero_only
+def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
+    print(format_table(metrics))
+    out = Path(cfg.output_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "checkpoint": str(cfg.ckpt_path),
+        "data": cfg.data.val_set.get("split") or cfg.data.val_set._target_,
+        "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
+    }
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """The summary metrics, then one row per class (absent classes shown as '-')."""
+    lines = [f"{'metric':<24}{'value':>8}"]
+    lines += [f"{name:<24}{metrics[f'val/{name}']:>8.4f}" for name in METRIC_NAMES]
+    lines.append(f"{'class':<24}{'IoU':>8}")
+    for key, value in metrics.items():
+        if key.startswith("val/IoU/"):
+            shown = f"{value:>8.4f}" if math.isfinite(value) else f"{'-':>8}"
+            lines.append(f"{key.removeprefix('val/IoU/'):<24}{shown}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; a user error ends with its message alone and exit status 1."""
+    try:
+        evaluate(cfg)
+        return
+    except FCNError as err:
+        print(f"error: {user_message(err)}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
