@@ -11,3 +11,12 @@ class ConfigError(FCNError):
 
 class DataError(FCNError):
     """Missing, unreadable or inconsistent data; the message names the file or folder."""
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a user error, without the traceback text a DataLoader worker adds."""
+    text = str(err)
+    if "Original Traceback" in text:  # re-raised from a loader worker: keep the original line
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith("fcn.errors.") else last
+    return text

@@ -20,12 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
-from fcn.errors import ConfigError, FCNError
+from fcn.errors import ConfigError, FCNError, user_message
 from fcn.metrics import METRIC_NAMES
 from fcn.models.weights import load_fcn_weights
 from fcn.module import FCNModule
 from fcn.optim import build_optimizer
-from fcn.train import user_message
 
 log = logging.getLogger("fcn.evaluate")
 

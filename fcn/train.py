@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
-from fcn.errors import ConfigError, FCNError
+from fcn.errors import ConfigError, FCNError, user_message
 from fcn.models.weights import init_weights
 from fcn.tracking import finish_wandb, start_loggers
 
@@ -96,15 +96,6 @@ def _refuse_multirun_ddp(cfg: DictConfig) -> None:
 def _save_config(resolved: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-
-
-def user_message(err: BaseException) -> str:
-    """The message of a user error, without the traceback text a DataLoader worker adds."""
-    text = str(err)
-    if "Original Traceback" in text:  # re-raised from a loader worker: keep the original line
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith("fcn.errors.") else last
-    return text
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
