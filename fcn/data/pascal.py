@@ -28,14 +28,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from fcn.data.readers import (
-    VOC_CLASSES,
-    check_label,
-    read_ids,
-    read_image,
-    read_mat_label,
-    read_png_label,
-)
+from fcn.data.readers import VOC_CLASSES, read_ids, read_voc_sample
 from fcn.errors import DataError
 
 VOC_DIR = Path("VOCdevkit") / "VOC2012"
@@ -146,11 +139,4 @@ class PascalDataset(Dataset):
         return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, label_path = self._paths(index)
-        image = read_image(image_path)
-        if label_path.suffix == ".mat":
-            label = read_mat_label(label_path)
-        else:
-            label = read_png_label(label_path)
-        check_label(label, image, label_path, image_path, len(VOC_CLASSES))
-        return image, label
+        return read_voc_sample(*self._paths(index))

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fcn.data.pascal import SBD_DIR, SPLITS, VOC_DIR, PascalDataset
-from fcn.data.readers import read_ids, read_image, read_mat_label, read_png_label
+from fcn.data.pascal import LABELS, SBD_DIR, SPLITS, VOC_DIR, PascalDataset
+from fcn.data.readers import read_ids
 from fcn.data.voc_seed import SPLITS_DIR as SEED_SPLITS
 from fcn.data.voc_seed import SeedVOC
 from fcn.errors import DataError
@@ -130,17 +130,15 @@ def extract(archive: Path, source: Source, root: Path) -> None:
 def build_seed_layout(root: Path, splits_dir: Path = SEED_SPLITS) -> Path:
     """Link the seed's split into ``root/voc_seed/`` from the native VOC and SBD trees."""
     out = root / "voc_seed"
-    voc, sbd = root / VOC_DIR, root / SBD_DIR
     plan = []
-    for list_name, image_dir, label_dir, suffix in (
-        ("train_mat", sbd / "img", sbd / "cls", ".mat"),
-        ("val_mat", sbd / "img", sbd / "cls", ".mat"),
-        ("train_png", voc / "JPEGImages", voc / "SegmentationClass", ".png"),
-    ):
+    for list_name, source in (("train_mat", "sbd"), ("val_mat", "sbd"), ("train_png", "voc")):
         kind = list_name.split("_")[1]
+        labels, suffix, images = LABELS[source]
         for id_ in read_ids(splits_dir / f"{list_name}.txt"):
-            plan.append((image_dir / f"{id_}.jpg", out / f"images_{kind}" / f"{id_}.jpg"))
-            plan.append((label_dir / f"{id_}{suffix}", out / f"labels_{kind}" / f"{id_}{suffix}"))
+            plan.append((root / images / f"{id_}.jpg", out / f"images_{kind}" / f"{id_}.jpg"))
+            plan.append(
+                (root / labels / f"{id_}{suffix}", out / f"labels_{kind}" / f"{id_}{suffix}")
+            )
     missing = [str(src) for src, _ in plan if not src.is_file()]
     if missing:
         raise DataError(
@@ -161,7 +159,8 @@ def build_seed_layout(root: Path, splits_dir: Path = SEED_SPLITS) -> Path:
 def check(root: Path, seed_splits: Path = SEED_SPLITS) -> bool:
     """Print a report of every split found under ``root``; return True when all is well.
 
-    Reads every listed file (images and labels), so unreadable or truncated ones are found.
+    Reads every item as training would, so unreadable or truncated files, foreign label values
+    and label/image size mismatches are found.
     """
     ok, found_any = True, False
     print(f"{'split':<16}{'ids':>8}{'unreadable':>12}")
@@ -182,17 +181,11 @@ def check(root: Path, seed_splits: Path = SEED_SPLITS) -> bool:
             print(f"{name:<16}{'-':>8}{'-':>12}  {err}")
             continue
         unreadable = []
-        for image_path, label_path, *_ in tqdm(dataset.samples, desc=name, leave=False):
-            for path in (image_path, label_path):
-                try:
-                    if path.suffix == ".mat":
-                        read_mat_label(path)
-                    elif path.suffix == ".png":
-                        read_png_label(path)
-                    else:
-                        read_image(path)
-                except DataError as err:
-                    unreadable.append(str(err))
+        for index in tqdm(range(len(dataset)), desc=name, leave=False):
+            try:
+                dataset[index]  # reads the image and the label and checks them together
+            except DataError as err:
+                unreadable.append(str(err))
         ok &= not unreadable
         print(f"{name:<16}{len(dataset):>8}{len(unreadable):>12}")
         for line in unreadable[:5]:

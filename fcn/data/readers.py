@@ -107,3 +107,15 @@ def check_label(
             f"label {label_path} has values {bad.tolist()} outside the classes "
             f"0..{num_classes - 1} and void (255)"
         )
+
+
+def read_voc_sample(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its VOC label (a ``.mat`` SBD file or a palette ``.png``), checked against
+    each other and the 21 classes."""
+    image = read_image(image_path)
+    if label_path.suffix == ".mat":
+        label = read_mat_label(label_path)
+    else:
+        label = read_png_label(label_path)
+    check_label(label, image, label_path, image_path, len(VOC_CLASSES))
+    return image, label

@@ -15,14 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from fcn.data.readers import (
-    VOC_CLASSES,
-    check_label,
-    read_ids,
-    read_image,
-    read_mat_label,
-    read_png_label,
-)
+from fcn.data.readers import VOC_CLASSES, read_ids, read_voc_sample
 from fcn.errors import DataError
 
 SPLITS_DIR = Path(__file__).parent / "splits" / "voc_seed"
@@ -97,8 +90,5 @@ class SeedVOC(Dataset):
         return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, label_path, kind = self._paths(index)
-        image = read_image(image_path)
-        label = read_mat_label(label_path) if kind == "mat" else read_png_label(label_path)
-        check_label(label, image, label_path, image_path, len(VOC_CLASSES))
-        return image, label
+        image_path, label_path, _ = self._paths(index)
+        return read_voc_sample(image_path, label_path)
