@@ -27,6 +27,16 @@ def _apply(group: str, check: Callable[..., None], **values: Any) -> None:
         raise ConfigError(f"{group}.{err}") from None
 
 
+def check_model_config(model: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a ``model`` config value that cannot work."""
+    _apply(
+        "model", check_fcn_args, num_classes=model.get("num_classes"),
+        skips=model.get("skips") or (), alignment=model.get("alignment"),
+        trunk_width=model.get("trunk_width"), fc_width=model.get("fc_width"),
+        dropout=model.get("dropout"),
+    )  # fmt: skip
+
+
 def check_config(cfg: DictConfig, training: bool = True) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work, naming its key.
 
@@ -44,12 +54,7 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigError(f"transforms.{key} must be a positive integer, got {value!r}")
-    _apply(
-        "model", check_fcn_args, num_classes=model.get("num_classes"),
-        skips=model.get("skips") or (), alignment=model.get("alignment"),
-        trunk_width=model.get("trunk_width"), fc_width=model.get("fc_width"),
-        dropout=model.get("dropout"),
-    )  # fmt: skip
+    check_model_config(model)
     if not training:
         return
     optimizer = cfg.optimizer

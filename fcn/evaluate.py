@@ -2,7 +2,8 @@
 
 Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU and per-class IoU from one
 confusion matrix over the data config's whole validation split (summed across processes under
-DDP), printed as a table and written to ``output_file`` as JSON.
+DDP), printed as a table and written to ``output_file`` as JSON. The network and the data are
+the checkpoint's own unless ``model=`` / ``data=`` (or ``experiment=``) choose others.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, FCNError, user_message
+from fcn.inference import fill_from_checkpoint
 from fcn.metrics import METRIC_NAMES
-from fcn.models.weights import load_fcn_weights
+from fcn.models.weights import load_fcn_state, read_checkpoint
 from fcn.module import FCNModule
 from fcn.optim import build_optimizer
 
@@ -31,12 +33,19 @@ log = logging.getLogger("fcn.evaluate")
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate ``cfg.ckpt_path`` on ``cfg.data``'s validation split; return the metrics."""
-    check_config(cfg, training=False)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
+    state, stored = read_checkpoint(cfg.ckpt_path)
+    fill_from_checkpoint(cfg, stored, cfg.ckpt_path)
+    with open_dict(cfg):
+        cfg.data.batch_size = cfg.batch_size
+        cfg.data.train_set = None  # only validation data is read
+        cfg.data.val_transform = cfg.transforms.val
+    check_config(cfg, training=False)
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
-    load_fcn_weights(net, cfg.ckpt_path)
+    load_fcn_state(net, state, cfg.ckpt_path, strict=True)
+    log.info("evaluating %s from %s", net.variant, cfg.ckpt_path)
     module = FCNModule(net, optimizer=build_optimizer, class_names=datamodule.class_names)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False

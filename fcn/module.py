@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -13,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from fcn.data.labels import IGNORE_INDEX
 from fcn.metrics import METRIC_NAMES, SegmentationMetrics
+from fcn.models.weights import CONFIG_KEY
 
 LOSS_REDUCTIONS = ("mean", "sum")
 
@@ -39,6 +42,16 @@ def check_loss_reduction(loss_reduction: str) -> None:
         )
 
 
+def _plain(obj: Any) -> Any:
+    """Nested mappings and sequences (DictConfig, ListConfig included) as dicts and lists, so a
+    checkpoint holding them stays loadable weights-only."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 class FCNModule(pl.LightningModule):
     """Trains an FCN with cross-entropy; validates with the paper's metrics.
 
@@ -48,6 +61,8 @@ class FCNModule(pl.LightningModule):
         scheduler: ``Optimizer -> LRScheduler`` stepped once per epoch, or None for a fixed rate.
         loss_reduction: ``"mean"`` over valid pixels (seed) or ``"sum"`` (paper).
         class_names: names used in the per-class IoU metrics ``val/IoU/<name>``.
+        run_config: the run's resolved config (plain containers), stored in every checkpoint so
+            that ``fcn.evaluate`` / ``fcn.predict`` rebuild the network and data without options.
 
     Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
     whatever reduction is optimised, so runs compare), ``val/mIoU``, ``val/pixel_acc``,
@@ -61,6 +76,7 @@ class FCNModule(pl.LightningModule):
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         loss_reduction: str = "mean",
         class_names: Sequence[str] | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_loss_reduction(loss_reduction)
@@ -75,6 +91,7 @@ class FCNModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.loss_reduction = loss_reduction
         self.class_names = names
+        self.run_config = _plain(run_config) if run_config is not None else None
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_metrics = SegmentationMetrics(num_classes)
@@ -82,8 +99,8 @@ class FCNModule(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels, _ = batch  # padded images train as they are (pads are void)
         scores = self.net(images)
         loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
         per_pixel = (loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss).detach()
@@ -95,10 +112,21 @@ class FCNModule(pl.LightningModule):
         self.log("train/loss", self.train_loss.compute(), sync_dist=False)
         self.train_loss.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        images, labels = batch
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        images, labels, sizes = batch
         if len(images) == 0:  # every file of the batch was skipped (data.on_bad_file=skip)
             return
+        if bool((sizes == torch.tensor(images.shape[-2:], device=sizes.device)).all()):
+            self._validate(images, labels)
+            return
+        # Images of different sizes, padded to one: a pad changes the scores near it (the
+        # receptive field sees it), so each image is scored at its own size, as with batch 1.
+        for i, (height, width) in enumerate(sizes.tolist()):
+            self._validate(
+                images[i : i + 1, :, :height, :width], labels[i : i + 1, :height, :width]
+            )
+
+    def _validate(self, images: Tensor, labels: Tensor) -> None:
         scores = self.net(images)
         loss, valid = segmentation_loss(scores, labels, "mean")
         self.val_loss.update(loss, weight=valid)
@@ -119,6 +147,10 @@ class FCNModule(pl.LightningModule):
         self.log("val/mIoU", scores["mIoU"].float(), prog_bar=True)
         self.val_metrics.reset()
         self.val_loss.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net)

@@ -45,12 +45,15 @@ def train(cfg: DictConfig) -> float | None:
     new = init_weights(net, cfg.weights.source, cfg.weights.path)
     if new:
         log.info("layers new to this model (not in %s): %s", cfg.weights.path, ", ".join(new))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     module = instantiate(
         cfg.module,
         net=net,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
         class_names=datamodule.class_names,
+        run_config=resolved,
+        _recursive_=False,  # run_config holds _target_s: stored in checkpoints, not built
     )
     loggers = start_loggers([instantiate(c) for c in (cfg.logger or {}).values()])
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
@@ -58,7 +61,6 @@ def train(cfg: DictConfig) -> float | None:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     _save_config(resolved, Path(cfg.paths.output_dir))
     for logger in loggers:
         logger.log_hyperparams(resolved)

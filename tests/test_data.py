@@ -154,8 +154,9 @@ def test_datamodule_batches_normalised_tensors() -> None:
         class_names=list(SHAPES_CLASSES), train_transform=resize_and_pad(48),
         val_transform=resize_and_pad(48), batch_size=4,
     )  # fmt: skip
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels, sizes = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 48, 48) and images.dtype == torch.float32
+    assert sizes.tolist() == [[48, 48]] * 4
     assert labels.shape == (4, 48, 48) and labels.dtype == torch.int64
     assert abs(images.mean().item()) < 2.0
     assert sum(len(b[0]) for b in dm.val_dataloader()) == 5
@@ -217,8 +218,9 @@ def test_normalisation_presets_follow_the_weights() -> None:
 def test_pad_collate_pads_bottom_right_with_void() -> None:
     a = (torch.ones(3, 4, 6), torch.zeros(4, 6, dtype=torch.long))
     b = (torch.full((3, 7, 5), 2.0), torch.ones(7, 5, dtype=torch.long))
-    images, labels = pad_collate([a, b])
+    images, labels, sizes = pad_collate([a, b])
     assert images.shape == (2, 3, 7, 6) and labels.shape == (2, 7, 6)
+    assert sizes.tolist() == [[4, 6], [7, 5]]
     assert (labels[0, 4:] == 255).all() and (labels[0, :4] == 0).all()
     assert (labels[1, :, 5] == 255).all() and (labels[1, :, :5] == 1).all()
     assert (images[0, :, 4:] == 0).all() and (images[1, :, :, :5] == 2).all()
@@ -226,7 +228,7 @@ def test_pad_collate_pads_bottom_right_with_void() -> None:
 
 def test_original_size_batches_mix_image_sizes() -> None:
     dm = SegmentationDataModule(ShapesDataset(6, seed=0), ShapesDataset(4, seed=1), 6, batch_size=3)
-    images, labels = next(iter(dm.val_dataloader()))
+    images, labels, _ = next(iter(dm.val_dataloader()))
     sizes = [ShapesDataset(4, seed=1)[i][1].shape for i in range(3)]
     assert images.shape[-2:] == (max(h for h, _ in sizes), max(w for _, w in sizes))
     assert len({s for s in sizes}) > 1 and (labels == 255).any()
@@ -251,8 +253,8 @@ def test_skip_policy_substitutes_in_training_and_drops_in_validation() -> None:
     image, _ = train[1]  # items 1 and 2 unreadable: item 3 stands in
     assert image.shape == (3, 4, 4) and train.pop_skipped() == 2 and train.pop_skipped() == 0
     assert val[2] is None and val.pop_skipped() == 1
-    images, labels = pad_collate([val[0], val[1], val[3]])
-    assert images.shape[0] == 2 and labels.shape[0] == 2
+    images, labels, sizes = pad_collate([val[0], val[1], val[3]])
+    assert images.shape[0] == 2 and labels.shape[0] == 2 and sizes.shape == (2, 2)
     assert pad_collate([None])[0].shape[0] == 0
     with pytest.raises(DataError, match="2.jpg"):
         TransformedDataset(_Flaky(), None, to_tensor)[2]  # the default policy: stop

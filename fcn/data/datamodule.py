@@ -101,7 +101,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Serves a training and a validation dataset of ``(HxWx3 uint8, HxW uint8)`` items.
 
     Args:
-        train_set, val_set: the datasets (e.g. ``ShapesDataset``, ``SeedVOC``).
+        train_set, val_set: the datasets (e.g. ``ShapesDataset``, ``SeedVOC``); ``train_set``
+            may be None when only validating (``fcn.evaluate``, ``fcn.figure``).
         num_classes, class_names: the label set; the model and the metrics take them from here.
         train_transform, val_transform: albumentations transforms (``image=``, ``mask=``), or
             None to keep images as they are; batches of different sizes are padded bottom/right
@@ -115,7 +116,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_set: Dataset,
+        train_set: Dataset | None,
         val_set: Dataset,
         num_classes: int,
         class_names: Sequence[str] | None = None,
@@ -135,8 +136,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
         to_tensor = ToTensor(normalization)
-        self.train_set = TransformedDataset(
-            train_set, train_transform, to_tensor, on_bad_file, substitute=True
+        self.train_set = (
+            TransformedDataset(train_set, train_transform, to_tensor, on_bad_file, substitute=True)
+            if train_set is not None
+            else None
         )
         self.val_set = TransformedDataset(val_set, val_transform, to_tensor, on_bad_file)
         self.batch_size = batch_size
@@ -153,6 +156,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise DataError("this datamodule was built without a training set")
         rank, world = self._world()
         if world > 1:
             # every process must draw the same permutation: without a seed, use 0
@@ -176,7 +181,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, self.batch_size, sampler=sampler, **self.loader_kwargs)
 
 
-def warn_about_ids(train_set: Dataset, val_set: Dataset) -> None:
+def warn_about_ids(train_set: Dataset | None, val_set: Dataset) -> None:
     """Log a warning, with the count, for ids listed twice in a split or in both splits."""
     train_ids, val_ids = getattr(train_set, "ids", None), getattr(val_set, "ids", None)
     for name, ids in (("train", train_ids), ("val", val_ids)):

@@ -46,9 +46,9 @@ def _reading(path: Path, what: str) -> Iterator[None]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB image as an HxWx3 uint8 array."""
+    """An RGB image as an HxWx3 uint8 array (writable)."""
     with _reading(path, "image"), Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))
 
 
 def read_png_label(path: Path) -> np.ndarray:

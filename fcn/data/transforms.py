@@ -103,27 +103,34 @@ class ToTensor:
         self.bgr = order == "bgr"
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[Tensor, Tensor]:
+        return self.image(image), torch.from_numpy(np.ascontiguousarray(label)).long()
+
+    def image(self, image: np.ndarray) -> Tensor:
+        """The normalised CHW float tensor of an HxWx3 uint8 RGB image."""
         # Reorder to CHW while still uint8 (a quarter of the bytes), then normalise in place:
         # about 3x faster than converting the strided HWC view to float.
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         x = (x.flip(0) if self.bgr else x).contiguous().float()
-        x.sub_(self.mean).mul_(self.inv_std)
-        y = torch.from_numpy(np.ascontiguousarray(label)).long()
-        return x, y
+        return x.sub_(self.mean).mul_(self.inv_std)
 
 
-def pad_collate(batch: Sequence[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor]:
+def pad_collate(
+    batch: Sequence[tuple[Tensor, Tensor] | None],
+) -> tuple[Tensor, Tensor, Tensor]:
     """Stack images of different sizes: pad each at the bottom and right to the largest height
-    and width in the batch (image 0 after normalisation, label 255). Skipped items (None) are
-    left out; a batch of nothing but skipped items is empty."""
+    and width in the batch (image 0 after normalisation, label 255). Returns ``(images, labels,
+    sizes)``, ``sizes`` the (N, 2) heights and widths before padding, so that evaluation can
+    score each image at its own size. Skipped items (None) are left out; a batch of nothing but
+    skipped items is empty."""
     batch = [item for item in batch if item is not None]
     if not batch:
-        return torch.empty(0, 3, 0, 0), torch.empty(0, 0, 0, dtype=torch.long)
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
+        empty = torch.empty(0, 0, 0, dtype=torch.long)
+        return torch.empty(0, 3, 0, 0), empty, torch.empty(0, 2, dtype=torch.long)
+    sizes = torch.tensor([tuple(image.shape[-2:]) for image, _ in batch], dtype=torch.long)
+    height, width = sizes.max(0).values.tolist()
     images = torch.zeros(len(batch), batch[0][0].shape[0], height, width)
     labels = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
     for i, (image, label) in enumerate(batch):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
         labels[i, : label.shape[-2], : label.shape[-1]] = label
-    return images, labels
+    return images, labels, sizes

@@ -141,6 +141,12 @@ class FCN(nn.Module):
         return nn.ConvTranspose2d(c, c, 2 * stride, stride=stride, padding=pad, bias=False)
 
     @property
+    def variant(self) -> str:
+        """The paper's name: FCN-32s, FCN-16s, FCN-8s or FCN-8s at-once."""
+        name = {0: "FCN-32s", 1: "FCN-16s", 2: "FCN-8s"}[len(self.skips)]
+        return f"{name} at-once" if self.skip_scaling else name
+
+    @property
     def upsamplers(self) -> list[nn.ConvTranspose2d]:
         """The transposed convs: bilinear and fixed (never trained)."""
         return [m for m in self.modules() if isinstance(m, nn.ConvTranspose2d)]

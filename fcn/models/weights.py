@@ -24,44 +24,71 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 SKIP_SCORES = ("score_pool4", "score_pool3")
 
 
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from a bare state dict, a ``{"model_state_dict": ...}`` file (the reference
-    port) or a Lightning checkpoint (``state_dict`` with ``net.`` prefixes)."""
+#: Key under which our checkpoints store their run's resolved config (plain containers).
+CONFIG_KEY = "fcn_config"
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
+    """The state dict of a weights file, and the run config stored in it (our Lightning
+    checkpoints carry one; bare state dicts and the reference port's files do not: None).
+
+    Accepts a bare state dict, a ``{"model_state_dict": ...}`` file (the reference port) or a
+    Lightning checkpoint (``state_dict`` with ``net.`` prefixes).
+    """
     path = Path(path).expanduser()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"weights file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not a weights file") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise DataError(
             f"cannot read weights from {path}: {str(err).splitlines()[0]} (files are loaded "
             "weights-only: anything but tensors and plain containers is refused)"
         ) from None
+    config = obj.get(CONFIG_KEY) if isinstance(obj, Mapping) else None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         inner = obj["state_dict"]
-        return {k.removeprefix("net."): v for k, v in inner.items() if k.startswith("net.")}
+        state = {k.removeprefix("net."): v for k, v in inner.items() if k.startswith("net.")}
+        return state, config
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise DataError(f"{path} holds no state dict of tensors")
-    return dict(obj)
+    return dict(obj), config
 
 
-def load_fcn_weights(net: FCN, path: str | Path) -> list[str]:
-    """Load a whole FCN's weights; return the parameters the file did not have.
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a weights file (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
 
-    Only the skip scores a staged run adds (``score_pool4``, ``score_pool3``) may be missing;
-    the fixed bilinear upsamplers are never taken from files. Any other missing, unexpected or
+
+def load_fcn_weights(net: FCN, path: str | Path, strict: bool = False) -> list[str]:
+    """Load a whole FCN's weights from ``path``; return the parameters the file did not have.
+
+    See :func:`load_fcn_state`.
+    """
+    return load_fcn_state(net, read_weights(path), path, strict)
+
+
+def load_fcn_state(
+    net: FCN, state: Mapping[str, Tensor], path: str | Path, strict: bool = False
+) -> list[str]:
+    """Load a whole FCN's state dict (read from ``path``); return the parameters it lacked.
+
+    Only the skip scores a staged run adds (``score_pool4``, ``score_pool3``) may be missing,
+    and not even those with ``strict`` (evaluation and inference need every layer trained); the
+    fixed bilinear upsamplers are never taken from files. Any other missing, unexpected or
     differently shaped tensor is an error naming it (a class-count mismatch shows as
     ``score_fr.weight``).
     """
-    state = read_weights(path)
     upsamplers = {n for n, p in net.named_parameters() if not p.requires_grad}
     own = {k: v for k, v in net.state_dict().items() if k not in upsamplers}
     state = {k: v for k, v in state.items() if not k.startswith("upscore")}
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
-    new = [k for k in missing if k.split(".")[0] in SKIP_SCORES]
+    new = [] if strict else [k for k in missing if k.split(".")[0] in SKIP_SCORES]
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(state) & set(own))
@@ -124,9 +151,8 @@ def load_vgg16_imagenet(net: FCN, path: str | Path | None = None) -> None:
 
 
 def _describe(net: FCN) -> str:
-    variant = {0: "FCN-32s", 1: "FCN-16s", 2: "FCN-8s"}[len(net.skips)]
     return (
-        f"{variant} ({net.num_classes} classes, trunk width {net.conv1_1.out_channels}, "
+        f"{net.variant} ({net.num_classes} classes, trunk width {net.conv1_1.out_channels}, "
         f"fc width {net.fc6.out_channels})"
     )
 

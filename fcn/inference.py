@@ -1,0 +1,137 @@
+"""A trained FCN rebuilt for inference, and run on single images of any size.
+
+Our checkpoints carry their run's resolved config (:data:`fcn.models.weights.CONFIG_KEY`), so
+``fcn.evaluate``, ``fcn.predict``, ``fcn.export`` and ``fcn.figure`` rebuild the network, its
+input normalisation, class names and validation data from the file alone. Files without one
+(bare state dicts, the reference port's ``*_from_caffe.pth``) need ``model=...`` and, for the
+reference port, ``data.normalization=caffe``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fcn.config_checks import check_model_config
+from fcn.data.readers import VOC_CLASSES
+from fcn.data.transforms import ToTensor
+from fcn.errors import ConfigError
+from fcn.models.fcn import FCN
+from fcn.models.weights import load_fcn_state, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: What ``data.<key>: null`` becomes for a file that stores no config.
+DATA_DEFAULTS = {"num_classes": 21, "normalization": "torchvision", "class_names": None}
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with what is needed to feed it and to name its classes."""
+
+    net: FCN
+    normalization: str
+    class_names: list[str]
+    path: Path
+
+    @property
+    def to_tensor(self) -> ToTensor:
+        return ToTensor(self.normalization)
+
+
+def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> None:
+    """Complete ``cfg`` in place from a checkpoint's stored run config.
+
+    ``cfg.model`` absent or null: the checkpoint's network. ``cfg.data`` absent or null: the
+    checkpoint's data config (its training set dropped). ``data.num_classes`` /
+    ``data.normalization`` / ``data.class_names`` null: the checkpoint's, else 21 classes,
+    torchvision normalisation and VOC names for 21 classes.
+    """
+    stored_data = (stored or {}).get("data") or {}
+    with open_dict(cfg):
+        if cfg.get("data") is None:
+            if not stored_data:
+                raise ConfigError(
+                    f"{ckpt_path} stores no data config (not one of our checkpoints): choose the "
+                    "data, e.g. data=seg11valid"
+                )
+            cfg.data = OmegaConf.create(stored_data)
+            cfg.data.train_set = None
+        else:
+            given, trained = cfg.data.get("normalization"), stored_data.get("normalization")
+            if given and trained and given != trained:
+                log.warning(
+                    "data.normalization=%s but %s was trained with %s: scores will suffer "
+                    "unless that is meant", given, ckpt_path, trained,
+                )  # fmt: skip
+        for key, default in DATA_DEFAULTS.items():
+            if cfg.data.get(key) is None:
+                cfg.data[key] = stored_data.get(key, default)
+        if cfg.data.class_names is None and cfg.data.num_classes == len(VOC_CLASSES):
+            cfg.data.class_names = list(VOC_CLASSES)
+        if cfg.get("model") is None:
+            if not (stored or {}).get("model"):
+                raise ConfigError(
+                    f"{ckpt_path} stores no model config (a bare state dict or the reference "
+                    "port's file): choose the network, e.g. model=fcn8 (with "
+                    "data.normalization=caffe for the reference port's *_from_caffe.pth)"
+                )
+            cfg.model = OmegaConf.create(stored["model"])
+
+
+def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
+    """The network of ``ckpt_path`` (completing ``cfg`` as :func:`fill_from_checkpoint`), with
+    every layer taken from the file, in eval mode on the CPU."""
+    state, stored = read_checkpoint(ckpt_path)
+    fill_from_checkpoint(cfg, stored, ckpt_path)
+    check_model_config(cfg.model)
+    net: FCN = instantiate(cfg.model)
+    load_fcn_state(net, state, ckpt_path, strict=True)
+    names = cfg.data.class_names or [f"class_{i}" for i in range(net.num_classes)]
+    return LoadedModel(net.eval(), cfg.data.normalization, list(names), Path(ckpt_path))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first GPU if there is one, else the CPU; or any torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>, got {name!r}") from err
+
+
+@torch.inference_mode()
+def predict_scores(
+    model: LoadedModel, image: np.ndarray, device: torch.device, max_size: int | None = None
+) -> torch.Tensor:
+    """Class scores ``(C, H, W)`` (on ``device``) for one HxWx3 uint8 RGB image of any size.
+
+    ``max_size``: images whose longer side is larger are scored at that size (bilinear) and the
+    scores brought back to the image's own size; None scores every image at its own size.
+    """
+    x = model.to_tensor.image(image).unsqueeze(0).to(device)
+    height, width = x.shape[-2:]
+    scale = max_size / max(height, width) if max_size and max(height, width) > max_size else 1.0
+    if scale < 1.0:
+        small = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = F.interpolate(x, size=small, mode="bilinear", align_corners=False)
+    scores = model.net(x)
+    if scale < 1.0:
+        scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+    return scores[0]
+
+
+def predict_mask(
+    model: LoadedModel, image: np.ndarray, device: torch.device, max_size: int | None = None
+) -> np.ndarray:
+    """The predicted class of every pixel, an HxW uint8 array (see :func:`predict_scores`)."""
+    scores = predict_scores(model, image, device, max_size)
+    return scores.argmax(0).to(torch.uint8).cpu().numpy()
