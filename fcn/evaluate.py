@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, FCNError, user_message
-from fcn.inference import fill_from_checkpoint
+from fcn.inference import fill_from_checkpoint, require_data
 from fcn.metrics import METRIC_NAMES
 from fcn.models.weights import load_fcn_state, read_checkpoint
 from fcn.module import FCNModule
@@ -37,9 +37,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     state, stored = read_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, stored, cfg.ckpt_path)
+    require_data(cfg, cfg.ckpt_path)
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
         cfg.data.train_set = None  # only validation data is read
+        cfg.data.train_transform = None
         cfg.data.val_transform = cfg.transforms.val
     check_config(cfg, training=False)
     datamodule = instantiate(cfg.data)

@@ -46,44 +46,54 @@ class LoadedModel:
         return ToTensor(self.normalization)
 
 
-def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> None:
-    """Complete ``cfg`` in place from a checkpoint's stored run config.
+def _complete(given: DictConfig | None, stored: dict | None) -> DictConfig:
+    """``given`` if it is a whole config (it has a ``_target_``); otherwise the stored config
+    with ``given``'s non-null keys set over it."""
+    if given is not None and "_target_" in given:
+        return given
+    overrides = {k: v for k, v in (given or {}).items() if v is not None}
+    return OmegaConf.merge(OmegaConf.create(stored or {}), overrides)
 
-    ``cfg.model`` absent or null: the checkpoint's network. ``cfg.data`` absent or null: the
-    checkpoint's data config (its training set dropped). ``data.num_classes`` /
-    ``data.normalization`` / ``data.class_names`` null: the checkpoint's, else 21 classes,
-    torchvision normalisation and VOC names for 21 classes.
+
+def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> None:
+    """Complete ``cfg``'s ``model`` and ``data`` in place from a checkpoint's stored run config.
+
+    A ``model`` / ``data`` chosen whole (``model=fcn8``, ``data=seg11valid``: configs with a
+    ``_target_``) is kept. Otherwise the checkpoint's is used, with any keys given set over it
+    (``+data.num_workers=8``; null keys keep the stored value). ``data.num_classes`` /
+    ``normalization`` / ``class_names`` still missing become 21, torchvision and (for 21
+    classes) the VOC names.
     """
-    stored_data = (stored or {}).get("data") or {}
+    stored = stored or {}
+    trained_with = (stored.get("data") or {}).get("normalization")
     with open_dict(cfg):
-        if cfg.get("data") is None:
-            if not stored_data:
-                raise ConfigError(
-                    f"{ckpt_path} stores no data config (not one of our checkpoints): choose the "
-                    "data, e.g. data=seg11valid"
-                )
-            cfg.data = OmegaConf.create(stored_data)
-            cfg.data.train_set = None
-        else:
-            given, trained = cfg.data.get("normalization"), stored_data.get("normalization")
-            if given and trained and given != trained:
-                log.warning(
-                    "data.normalization=%s but %s was trained with %s: scores will suffer "
-                    "unless that is meant", given, ckpt_path, trained,
-                )  # fmt: skip
+        cfg.data = _complete(cfg.get("data"), stored.get("data"))
         for key, default in DATA_DEFAULTS.items():
             if cfg.data.get(key) is None:
-                cfg.data[key] = stored_data.get(key, default)
+                cfg.data[key] = default
         if cfg.data.class_names is None and cfg.data.num_classes == len(VOC_CLASSES):
             cfg.data.class_names = list(VOC_CLASSES)
-        if cfg.get("model") is None:
-            if not (stored or {}).get("model"):
-                raise ConfigError(
-                    f"{ckpt_path} stores no model config (a bare state dict or the reference "
-                    "port's file): choose the network, e.g. model=fcn8 (with "
-                    "data.normalization=caffe for the reference port's *_from_caffe.pth)"
-                )
-            cfg.model = OmegaConf.create(stored["model"])
+        if trained_with and cfg.data.normalization != trained_with:
+            log.warning(
+                "data.normalization=%s but %s was trained with %s: scores will suffer unless "
+                "that is meant", cfg.data.normalization, ckpt_path, trained_with,
+            )  # fmt: skip
+        cfg.model = _complete(cfg.get("model"), stored.get("model"))
+    if "_target_" not in cfg.model:
+        raise ConfigError(
+            f"{ckpt_path} stores no model config (a bare state dict or the reference port's "
+            "file): choose the network, e.g. model=fcn8 (with data.normalization=caffe for the "
+            "reference port's *_from_caffe.pth)"
+        )
+
+
+def require_data(cfg: DictConfig, ckpt_path: str) -> None:
+    """Refuse a ``cfg.data`` that names no datasets (the checkpoint stored none)."""
+    if "_target_" not in cfg.data or "val_set" not in cfg.data:
+        raise ConfigError(
+            f"{ckpt_path} stores no data config (not one of our checkpoints): choose the data, "
+            "e.g. data=seg11valid"
+        )
 
 
 def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fcn.data.labels import IGNORE_INDEX as VOID
 from fcn.data.readers import voc_palette
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
@@ -88,6 +89,8 @@ def draw_comparison(
         for c in sorted(shown)
         if c < len(class_names)
     ]
+    if any((row.label == VOID).any() for row in rows):
+        handles.append(Patch(color=_PALETTE[VOID] / 255.0, label="void (not scored)"))
     fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(handles), 8)), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,20 @@ def run_train(
 def workdir(tmp_path: Path) -> Path:
     """An empty launch folder (relative data and output paths land here)."""
     return tmp_path
+
+
+#: TINY's model and data, without its training-only settings (for fcn.evaluate).
+EVAL = [a for a in TINY if not a.startswith(("trainer.max_epochs", "callbacks."))]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of one finished TINY run (2 epochs, FCN-8s, no logger), shared by the tests
+    of the entry points that read checkpoints."""
+    workdir = tmp_path_factory.mktemp("trained")
+    run = workdir / "run"
+    proc = run_train(
+        [*TINY, "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run}"], workdir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run

@@ -6,22 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import TINY, run_train
-
-#: TINY's model and data, without its training-only settings.
-EVAL = [a for a in TINY if not a.startswith(("trainer.max_epochs", "callbacks."))]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("trained")
-    run = workdir / "run"
-    proc = run_train(
-        [*TINY, "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run}"], workdir
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+from tests.conftest import EVAL, run_train
 
 
 def test_evaluation_of_a_checkpoint_reproduces_its_validation(
@@ -54,3 +41,53 @@ def test_mismatched_model_and_missing_checkpoint_are_named(trained: Path, tmp_pa
     assert proc.returncode == 1 and "not in this model: score_pool3.bias" in proc.stderr
     proc = run_train(EVAL, tmp_path, entry="evaluate")
     assert proc.returncode == 1 and "error: ckpt_path must name" in proc.stderr
+
+
+def test_a_checkpoint_describes_its_own_model_and_data(trained: Path, tmp_path: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["fcn_config"]
+    assert stored["model"]["trunk_width"] == 4 and stored["data"]["num_classes"] == 6
+    # No model=, data= or experiment=: both come from the checkpoint. Keys given with + are set
+    # over the stored data config.
+    args = [f"ckpt_path={ckpt}", "hydra.run.dir=alone", "+data.num_workers=0"]
+    proc = run_train(args, tmp_path, entry="evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_train(
+        [*EVAL, f"ckpt_path={ckpt}", "hydra.run.dir=given"], tmp_path, entry="evaluate"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, given = (
+        json.loads((tmp_path / d / "evaluation.json").read_text())["metrics"]
+        for d in ("alone", "given")
+    )
+    assert alone == given
+
+
+def test_a_bare_state_dict_needs_the_model_named(trained: Path, tmp_path: Path) -> None:
+    state = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    bare = tmp_path / "bare.pth"
+    torch.save({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, bare)
+    proc = run_train([f"ckpt_path={bare}", "data=shapes"], tmp_path, entry="evaluate")
+    assert proc.returncode == 1 and "stores no model config" in proc.stderr
+    proc = run_train([*EVAL, f"ckpt_path={bare}", "hydra.run.dir=out"], tmp_path, entry="evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_on_two_processes_equals_one(trained: Path, tmp_path: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    # 5 images at their own sizes, batch 2: the ranks get 3 and 2, in padded batches.
+    args = [*EVAL, f"ckpt_path={ckpt}", "data.val_set.num_images=5", "batch_size=2"]
+    ddp = [*args, "trainer.devices=2", "trainer.strategy=ddp", "hydra.run.dir=ddp"]
+    proc = run_train(ddp, tmp_path, entry="evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    proc = run_train([*args, "hydra.run.dir=one"], tmp_path, entry="evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_metrics, one = (
+        json.loads((tmp_path / d / "evaluation.json").read_text())["metrics"]
+        for d in ("ddp", "one")
+    )
+    for key, value in one.items():
+        assert ddp_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    assert not (tmp_path / "outputs").exists()  # the second process made no folder of its own
