@@ -1,5 +1,16 @@
 """Errors a user can cause; the entry points print their message alone, without a traceback."""
 
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from hydra.errors import InstantiationException
+
+T = TypeVar("T")
+
 
 class FCNError(Exception):
     """Base of the errors whose message tells the user what to fix."""
@@ -20,3 +31,21 @@ def user_message(err: BaseException) -> str:
         last = text.strip().splitlines()[-1]
         text = last.split(": ", 1)[1] if last.startswith("fcn.errors.") else last
     return text
+
+
+def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Wrap an entry point's task: a user error (also one raised while Hydra instantiates a
+    ``_target_``) prints ``error: <message>`` to stderr and exits with status 1."""
+
+    @functools.wraps(task)
+    def run(cfg: Any) -> T:
+        try:
+            return task(cfg)
+        except FCNError as err:
+            print(f"error: {user_message(err)}", file=sys.stderr)
+        except InstantiationException as err:
+            cause = err.__cause__ if isinstance(err.__cause__, FCNError) else err
+            print(f"error: {user_message(cause)}", file=sys.stderr)
+        sys.exit(1)
+
+    return run

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
-from fcn.errors import ConfigError, FCNError, user_message
+from fcn.errors import ConfigError, exit_on_user_error
 from fcn.inference import fill_from_checkpoint, require_data
 from fcn.metrics import METRIC_NAMES
 from fcn.models.weights import load_fcn_state, read_checkpoint
@@ -84,14 +83,10 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""
-    try:
-        evaluate(cfg)
-        return
-    except FCNError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
-    sys.exit(1)
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

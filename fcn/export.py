@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from fcn.data.transforms import NORMALIZATIONS
-from fcn.errors import ConfigError, FCNError, user_message
+from fcn.errors import ConfigError, FCNError, exit_on_user_error
 from fcn.inference import load_model
 from fcn.models.fcn import FCN
 
@@ -120,14 +119,10 @@ def export(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""
-    try:
-        export(cfg)
-        return
-    except FCNError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
-    sys.exit(1)
+    export(cfg)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ IoU (the paper's formulas on the image's own confusion matrix, void pixels left 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from fcn.errors import ConfigError, FCNError, user_message
+from fcn.errors import ConfigError, exit_on_user_error
 from fcn.inference import (
     LoadedModel,
     fill_from_checkpoint,
@@ -114,14 +113,10 @@ def make_figure(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="figure")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""
-    try:
-        make_figure(cfg)
-        return
-    except FCNError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
-    sys.exit(1)
+    make_figure(cfg)
 
 
 if __name__ == "__main__":

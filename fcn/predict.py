@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fcn.data.readers import read_image
-from fcn.errors import ConfigError, DataError, FCNError, user_message
+from fcn.errors import ConfigError, DataError, exit_on_user_error
 from fcn.inference import load_model, pick_device, predict_mask
 from fcn.viz import mask_image, overlay, save_png
 
@@ -83,14 +83,12 @@ def predict(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point; a user error ends with its message alone and exit status 1."""
-    try:
-        if predict(cfg) == 0:
-            return
-    except FCNError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
-    sys.exit(1)
+    """Hydra entry point; a user error ends with its message alone and exit status 1, as does
+    any unreadable image (after all the others are done)."""
+    if predict(cfg):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ MetricsFile callback), finish the wandb run and return the best ``val/mIoU`` for
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +22,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
-from fcn.errors import ConfigError, FCNError, user_message
+from fcn.errors import ConfigError, exit_on_user_error
 from fcn.models.weights import init_weights
 from fcn.tracking import finish_wandb, start_loggers
 
@@ -101,16 +99,10 @@ def _save_config(resolved: dict, output_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""
-    try:
-        return train(cfg)
-    except FCNError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
-    except InstantiationException as err:
-        cause = err.__cause__ if isinstance(err.__cause__, FCNError) else err
-        print(f"error: {user_message(cause)}", file=sys.stderr)
-    sys.exit(1)
+    return train(cfg)
 
 
 if __name__ == "__main__":
