@@ -1,4 +1,5 @@
-"""Callbacks of our own: the run's ``metrics.json``; the report of skipped data files."""
+"""Callbacks of our own: the run's ``metrics.json``; the report of skipped data files; masks
+of fixed validation images in wandb."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+
+from fcn.data.labels import IGNORE_INDEX
+from fcn.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +136,45 @@ class SkippedFilesReport(pl.Callback):
                 "the warnings above name them", total, split,
             )  # fmt: skip
             pl_module.log(f"data/skipped_{split}", float(total))
+
+
+class ValidationMasks(pl.Callback):
+    """After every validation, logs the first ``num_images`` validation images to each wandb
+    logger as segmentation masks (prediction and ground truth, with class names; void as
+    ``void``), under ``val/masks``. Rank zero only; nothing without a wandb logger."""
+
+    def __init__(self, num_images: int = 4, key: str = "val/masks") -> None:
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+            raise ValueError(f"num_images must be a non-negative integer, got {num_images!r}")
+        self.num_images = num_images
+        self.key = key
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if trainer.sanity_checking or not loggers or not self.num_images:
+            return
+        if trainer.global_rank != 0:
+            return
+        import wandb
+
+        dataset = trainer.datamodule.val_set
+        labels = {i: name for i, name in enumerate(pl_module.class_names)}
+        labels[IGNORE_INDEX] = "void"
+        pictures = []
+        for index in range(min(self.num_images, len(dataset))):
+            try:
+                image, label = dataset.raw(index)
+            except DataError:
+                continue  # already reported by the validation loop
+            x = dataset.to_tensor.image(image)[None].to(pl_module.device)
+            with torch.no_grad():
+                pred = pl_module(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            masks = {
+                "prediction": {"mask_data": pred, "class_labels": labels},
+                "ground_truth": {"mask_data": label, "class_labels": labels},
+            }
+            pictures.append(wandb.Image(image, masks=masks, caption=f"val[{index}]"))
+        for logger in loggers:
+            logger.experiment.log({self.key: pictures, "trainer/global_step": trainer.global_step})

@@ -40,20 +40,59 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if has_wandb_credentials() else "offline"
 
 
-def _job_context() -> tuple[str | None, str | None]:
-    """(name from the job's overrides, group from the sweep folder) when run under Hydra."""
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept_keys(sweep_dir: str) -> set[str] | None:
+    """The keys a multirun sweeps (given several values, a range or a sweeper's choice), read
+    from the sweep's ``multirun.yaml``; None when it cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        hydra = OmegaConf.load(os.path.join(sweep_dir, "multirun.yaml")).hydra
+        parsed = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
+    except Exception:  # a missing or foreign file: fall back to every override
+        return None
+    searched = (hydra.get("sweeper") or {}).get("params") or {}  # e.g. the Optuna sweeper's
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(searched)
+
+
+def run_name(overrides: Sequence[str], groups: Sequence[str], keep: set[str] | None) -> str | None:
+    """A short run name from a job's overrides: a group's choice as its value (``fcn8``), any
+    other key as ``<last part>=<value>`` (``lr=0.001``). ``keep``: only these keys (the swept
+    ones of a multirun); None: all."""
+    parts = []
+    for override in overrides:
+        key, value = _split(override)
+        if keep is not None and key not in keep:
+            continue
+        parts.append(value if key in groups else f"{key.rsplit('.', 1)[-1]}={value}")
+    name = re.sub(r"[^\w=,.+-]+", "_", ",".join(parts))
+    return name or None
+
+
+def _job_context() -> tuple[str | None, str | None, list[str]]:
+    """(name from the job's overrides, group from the sweep folder, tags from the chosen
+    experiment, model and data) when run under Hydra."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
-        return None, None
-    name = re.sub(r"[^\w=,.+-]+", "_", hc.job.override_dirname) or None
-    group = (
-        os.path.basename(os.path.normpath(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
-    )
-    return name, group
+        return None, None, []
+    choices = {k: v for k, v in hc.runtime.choices.items() if v is not None}
+    multirun = hc.mode == RunMode.MULTIRUN
+    keep = swept_keys(hc.sweep.dir) if multirun else None
+    name = run_name(list(hc.overrides.task), list(choices), keep)
+    if multirun and name is None:
+        name = f"job{hc.job.num}"
+    group = os.path.basename(os.path.normpath(hc.sweep.dir)) if multirun else None
+    tags = [choices[g] for g in ("experiment", "model", "data") if g in choices]
+    return name, group, tags
 
 
 def wandb_logger(
@@ -67,11 +106,12 @@ def wandb_logger(
 ) -> WandbLogger:
     """A WandbLogger whose run lives in ``save_dir/wandb`` and is offline without credentials.
 
-    Name and group default to the Hydra job's overrides and the multirun sweep folder, so every
-    job of a sweep is its own run in one group.
+    Name and group default to the Hydra job's swept overrides (``fcn8``; all overrides for a
+    single run) and the multirun sweep folder's name, so every job of a sweep is its own run in
+    one group. The chosen experiment, model and data are added to ``tags``.
     """
     resolved = resolve_wandb_mode(mode)
-    job_name, job_group = _job_context()
+    job_name, job_group, job_tags = _job_context()
     os.makedirs(save_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -81,7 +121,7 @@ def wandb_logger(
         mode=resolved,
         name=name or job_name,
         group=group or job_group,
-        tags=list(tags),
+        tags=list(dict.fromkeys([*tags, *job_tags])),
         **kwargs,
     )
     if logger._wandb_init.get("anonymous") is None:  # wandb warns about the unused setting

@@ -101,27 +101,6 @@ def test_unknown_variant_gets_hydras_error(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_over_variants_gives_three_jobs_and_three_wandb_runs(workdir: Path) -> None:
-    sweep = workdir / "sweep"
-    proc = run_train(["-m", *TINY, "model=fcn32,fcn16,fcn8", f"hydra.sweep.dir={sweep}"], workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1", "2"]
-    run_ids = set()
-    for job, model in zip(jobs, ["fcn32", "fcn16", "fcn8"], strict=True):
-        _assert_finished_run(job)
-        assert (
-            yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[-1] == f"model={model}"
-        )
-        offline = list((job / "wandb").glob("offline-run-*"))
-        assert len(offline) == 1
-        run_ids.add(offline[0].name.rsplit("-", 1)[1])
-        run_file = next(offline[0].glob("run-*.wandb")).read_bytes()
-        assert b"sweep" in run_file and f"model={model}".encode() in run_file  # group, name
-    assert len(run_ids) == 3, "each job must be its own wandb run"
-
-
-@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> None:
     run = workdir / "run"
     overrides = [*TINY, "data.val_set.num_images=5", "logger=csv"]  # 5: ranks get 3 and 2

@@ -54,7 +54,7 @@ class TransformedDataset(Dataset):
         tries = MAX_SUBSTITUTES if self.substitute else 1
         for attempt in range(tries):
             try:
-                image, label = self.dataset[(index + attempt) % len(self.dataset)]
+                image, label = self.raw((index + attempt) % len(self.dataset))
             except DataError as err:
                 if self.on_bad_file == "error":
                     raise
@@ -62,9 +62,6 @@ class TransformedDataset(Dataset):
                     self.skipped.value += 1
                 log.warning("skipped (data.on_bad_file=skip): %s", err)
                 continue
-            if self.transform is not None:
-                out = self.transform(image=image, mask=label)
-                image, label = out["image"], out["mask"]
             return self.to_tensor(image, label)
         if self.substitute:
             raise DataError(
@@ -72,6 +69,14 @@ class TransformedDataset(Dataset):
                 "the data looks broken beyond skipping (see the warnings above)"
             )
         return None
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``index`` transformed but not yet a tensor: (HxWx3 uint8 image, HxW label)."""
+        image, label = self.dataset[index]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        return image, label
 
     def pop_skipped(self) -> int:
         """Files skipped since the last call (across all workers), and reset the count."""

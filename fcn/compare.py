@@ -1,0 +1,211 @@
+"""Compare the jobs of a sweep from their own files: ``python -m fcn.compare <sweep folder>``.
+
+Reads every job folder's ``metrics.json`` and Hydra files (no wandb server needed) and writes,
+into the sweep folder, ``comparison.md`` (final and best validation metrics per job, per-class IoU
+at each job's best epoch, and the jobs that failed or did not finish) and ``loss.png`` /
+``miou.png`` (the curves of every job on common axes: the seed's two figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from fcn.tracking import run_name, swept_keys
+
+SUMMARY = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss", "train/loss")
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep and what its files say."""
+
+    folder: Path
+    name: str
+    status: str  # finished | failed | interrupted | incomplete | no metrics
+    max_epochs: int | None = None
+    metrics: dict = field(default_factory=dict)  # metrics.json, or {} when there is none
+
+    @property
+    def history(self) -> list[dict]:
+        return self.metrics.get("history", [])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.metrics.get("epochs_completed", len(self.history)))
+
+    @property
+    def problem(self) -> str | None:
+        """Why this job is not a finished run, or None."""
+        if self.status == "finished":
+            return None
+        log = self.folder / "train.log"
+        where = f"see {log}" if log.is_file() else "no log either"
+        if self.status == "no metrics":
+            return f"no metrics.json: it failed before its first epoch ({where})"
+        if self.status == "incomplete":
+            where = f"still running, or killed; {where}"
+        done = f"{self.epochs}/{self.max_epochs}" if self.max_epochs else str(self.epochs)
+        return f"{self.status} after {done} epochs ({where})"
+
+
+def _job_folders(sweep: Path) -> list[Path]:
+    folders = [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    return sorted(
+        folders,
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
+
+
+def read_job(folder: Path, keep: set[str] | None) -> Job:
+    """A job from its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files."""
+    name = folder.name
+    hydra_file = folder / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        hc = OmegaConf.load(hydra_file).hydra
+        groups = [k for k, v in hc.runtime.choices.items() if v is not None]
+        name = run_name(list(hc.overrides.task), groups, keep) or name
+    max_epochs = None
+    for config in (folder / "config.yaml", folder / ".hydra" / "config.yaml"):
+        if config.is_file():
+            max_epochs = OmegaConf.load(config).get("trainer", {}).get("max_epochs")
+            break
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        return Job(folder, name, "no metrics", max_epochs)
+    metrics = json.loads(metrics_file.read_text())
+    status = metrics.get("status", "incomplete")
+    if status == "running":  # nobody is writing it any more, or the job is still going
+        status = "incomplete"
+    return Job(folder, name, status, max_epochs, metrics)
+
+
+def read_sweep(sweep: Path) -> list[Job]:
+    """Every job of ``sweep`` (a Hydra multirun folder), in job order."""
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep}")
+    folders = _job_folders(sweep)
+    if not folders:
+        raise FileNotFoundError(f"no job folders (with a .hydra/ folder) in {sweep}")
+    keep = swept_keys(str(sweep))
+    return [read_job(folder, keep) for folder in folders]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
+    """The comparison as markdown: summary table, per-class IoU, unfinished jobs."""
+    lines = [f"# Comparison of {sweep.name}", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    head = "| run | status | epochs | best val/mIoU (epoch) | final " + " | final ".join(SUMMARY)
+    lines += [head + " |", "|" + "---|" * (4 + len(SUMMARY))]
+    for job in jobs:
+        best, final = job.metrics.get("best") or {}, job.metrics.get("final") or {}
+        best_cell = f"**{_fmt(best.get('val/mIoU'))}** ({best.get('epoch')})" if best else "-"
+        done = f"{job.epochs}/{job.max_epochs}" if job.max_epochs else str(job.epochs)
+        cells = [job.name, job.status, done, best_cell, *(_fmt(final.get(k)) for k in SUMMARY)]
+        lines.append("| " + " | ".join(cells) + " |")
+    classes = sorted(
+        {k for job in jobs for k in (job.metrics.get("best") or {}) if k.startswith("val/IoU/")},
+        key=lambda k: next(
+            list(j.metrics["best"]).index(k) for j in jobs if k in (j.metrics.get("best") or {})
+        ),
+    )
+    if classes:
+        lines += ["", "Per-class IoU at each run's best epoch:", ""]
+        lines.append("| run | " + " | ".join(k.removeprefix("val/IoU/") for k in classes) + " |")
+        lines.append("|" + "---|" * (1 + len(classes)))
+        for job in jobs:
+            best = job.metrics.get("best") or {}
+            lines.append(f"| {job.name} | " + " | ".join(_fmt(best.get(k)) for k in classes) + " |")
+    problems = [(job, job.problem) for job in jobs if job.problem]
+    if problems:
+        lines += ["", "Jobs that did not finish:", ""]
+        lines += [f"- {job.name} ({job.folder.name}/): {why}" for job, why in problems]
+    lines += ["", "Curves: loss.png (train solid, val dashed), miou.png.", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(jobs: list[Job], sweep: Path) -> list[Path]:
+    """``loss.png`` (train and val loss) and ``miou.png`` (val mIoU) per epoch, every job on
+    common axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for filename, title, curves in (
+        ("loss.png", "cross-entropy per valid pixel", (("train/loss", "-"), ("val/loss", "--"))),
+        ("miou.png", "validation mean IoU", (("val/mIoU", "-"),)),
+    ):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for i, job in enumerate(jobs):
+            color = f"C{i % 10}"
+            for key, style in curves:
+                points = [(h["epoch"] + 1, h[key]) for h in job.history if key in h]
+                if points:
+                    label = job.name if len(curves) == 1 else f"{job.name} {key.split('/')[0]}"
+                    ax.plot(*zip(*points, strict=True), style, color=color, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = sweep / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _sweep_command(sweep: Path) -> str | None:
+    try:
+        overrides = OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task
+    except Exception:
+        return None
+    return "python -m fcn.train -m " + " ".join(overrides)
+
+
+def compare(sweep: Path) -> tuple[list[Job], Path]:
+    """Write ``comparison.md``, ``loss.png`` and ``miou.png`` into ``sweep``."""
+    jobs = read_sweep(sweep)
+    out = sweep / "comparison.md"
+    out.write_text(markdown(jobs, sweep, _sweep_command(sweep)))
+    plot_curves(jobs, sweep)
+    return jobs, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fcn.compare", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "sweep", type=Path, help="a multirun folder, e.g. outputs/train/multiruns/<time>"
+    )
+    args = parser.parse_args(argv)
+    try:
+        jobs, out = compare(args.sweep)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(out.read_text())
+    for job in jobs:
+        if job.problem:
+            print(f"warning: {job.name} ({job.folder}): {job.problem}", file=sys.stderr)
+    print(f"written: {out}, {args.sweep / 'loss.png'}, {args.sweep / 'miou.png'}")
+    return 0 if any(job.status == "finished" for job in jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
