@@ -106,19 +106,20 @@ def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
     lines = [f"# Comparison of {sweep.name}", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    head = "| run | status | epochs | best val/mIoU (epoch) | final " + " | final ".join(SUMMARY)
+    head = "| run | status | epochs | best val/mIoU (at epoch) | final " + " | final ".join(SUMMARY)
     lines += [head + " |", "|" + "---|" * (4 + len(SUMMARY))]
     for job in jobs:
         best, final = job.metrics.get("best") or {}, job.metrics.get("final") or {}
-        best_cell = f"**{_fmt(best.get('val/mIoU'))}** ({best.get('epoch')})" if best else "-"
+        epoch = best.get("epoch")
+        at = f" ({epoch + 1})" if isinstance(epoch, int) else ""
+        best_cell = f"**{_fmt(best.get('val/mIoU'))}**{at}" if best else "-"
         done = f"{job.epochs}/{job.max_epochs}" if job.max_epochs else str(job.epochs)
         cells = [job.name, job.status, done, best_cell, *(_fmt(final.get(k)) for k in SUMMARY)]
         lines.append("| " + " | ".join(cells) + " |")
-    classes = sorted(
-        {k for job in jobs for k in (job.metrics.get("best") or {}) if k.startswith("val/IoU/")},
-        key=lambda k: next(
-            list(j.metrics["best"]).index(k) for j in jobs if k in (j.metrics.get("best") or {})
-        ),
+    classes = list(
+        dict.fromkeys(
+            k for job in jobs for k in job.metrics.get("best") or {} if k.startswith("val/IoU/")
+        )
     )
     if classes:
         lines += ["", "Per-class IoU at each run's best epoch:", ""]
@@ -131,7 +132,7 @@ def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
     if problems:
         lines += ["", "Jobs that did not finish:", ""]
         lines += [f"- {job.name} ({job.folder.name}/): {why}" for job, why in problems]
-    lines += ["", "Curves: loss.png (train solid, val dashed), miou.png.", ""]
+    lines += ["", "Epochs count from 1. Curves: loss.png (train solid, val dashed), miou.png.", ""]
     return "\n".join(lines)
 
 
@@ -142,6 +143,7 @@ def plot_curves(jobs: list[Job], sweep: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for filename, title, curves in (
@@ -157,6 +159,7 @@ def plot_curves(jobs: list[Job], sweep: Path) -> list[Path]:
                     label = job.name if len(curves) == 1 else f"{job.name} {key.split('/')[0]}"
                     ax.plot(*zip(*points, strict=True), style, color=color, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.lines:

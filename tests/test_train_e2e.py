@@ -103,7 +103,7 @@ def test_unknown_variant_gets_hydras_error(workdir: Path) -> None:
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> None:
     run = workdir / "run"
-    overrides = [*TINY, "data.val_set.num_images=5", "logger=csv"]  # 5: ranks get 3 and 2
+    overrides = [*TINY, "data.val_set.num_images=5", "logger=[wandb,csv]"]  # 5: ranks get 3, 2
     args = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}"]
     proc = run_train(args, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,6 +111,7 @@ def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> N
     final = _assert_finished_run(run)["final"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert not list(workdir.glob("outputs"))  # the second process did not make its own folder
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # rank zero logs, once
 
     # The same weights validated by one process give the same metrics: no sample was dropped
     # or counted twice, and the confusion matrices were summed, not the ratios averaged.
