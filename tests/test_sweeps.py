@@ -16,7 +16,7 @@ import yaml
 from fcn.compare import read_sweep
 from fcn.tracking import run_name
 from tests.conftest import TINY, run_train
-from tests.wandb_records import summary
+from tests.wandb_records import records, summary
 
 MODELS = ["fcn32", "fcn16", "fcn8"]
 
@@ -141,3 +141,13 @@ def test_optuna_sweeper_maximises_the_returned_mIoU(tmp_path: Path) -> None:
     jobs = read_sweep(folder)
     assert len(jobs) == 2 and {j.name.split(",")[0].split("=")[0] for j in jobs} == {"lr"}
     assert result["best_value"] == pytest.approx(max(j.metrics["best"]["val/mIoU"] for j in jobs))
+
+
+def test_checkpoints_become_wandb_artifacts_on_request(tmp_path: Path) -> None:
+    args = [*TINY, "logger.wandb.log_model=true", "hydra.run.dir=run"]
+    proc = run_train(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_file = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    artifacts = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
+    assert artifacts and {a.type for a in artifacts} == {"model"}
+    assert all([e.path for e in a.manifest.contents] == ["model.ckpt"] for a in artifacts)
