@@ -37,6 +37,15 @@ class MetricsFile(pl.Callback):
         self.history: list[dict[str, Any]] = []
         self._pending_val: dict[str, float] | None = None
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resumed in the same folder: keep the history of the epochs the checkpoint holds."""
+        if trainer.ckpt_path and self.path.is_file() and not self.history:
+            try:
+                previous = json.loads(self.path.read_text()).get("history", [])
+            except (OSError, ValueError):
+                previous = []
+            self.history = [e for e in previous if e.get("epoch", 1 << 30) < trainer.current_epoch]
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

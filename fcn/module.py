@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,8 @@ from fcn.metrics import METRIC_NAMES, SegmentationMetrics
 from fcn.models.weights import CONFIG_KEY
 
 LOSS_REDUCTIONS = ("mean", "sum")
+#: Key of the random states in our checkpoints.
+RNG_KEY = "fcn_rng_states"
 
 
 def segmentation_loss(scores: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
@@ -50,6 +54,26 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
         return [_plain(v) for v in obj]
     return obj
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states of torch, numpy and Python, as tensors and plain containers
+    (a checkpoint holding them stays loadable weights-only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 class FCNModule(pl.LightningModule):
@@ -151,6 +175,11 @@ class FCNModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:  # a resumed run continues the random streams it saved
+            set_rng_states(checkpoint[RNG_KEY])
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import netrc
 import os
@@ -13,6 +14,8 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+#: Overrides that never name a run (a resumed run keeps its name).
+UNNAMED_KEYS = ("ckpt_path",)
 
 
 def has_wandb_credentials() -> bool:
@@ -67,7 +70,7 @@ def run_name(overrides: Sequence[str], groups: Sequence[str], keep: set[str] | N
     parts = []
     for override in overrides:
         key, value = _split(override)
-        if keep is not None and key not in keep:
+        if (keep is not None and key not in keep) or key in UNNAMED_KEYS:
             continue
         parts.append(value if key in groups else f"{key.rsplit('.', 1)[-1]}={value}")
     name = re.sub(r"[^\w=,.+-]+", "_", ",".join(parts))
@@ -95,6 +98,13 @@ def _job_context() -> tuple[str | None, str | None, list[str]]:
     return name, group, tags
 
 
+def previous_run_id(save_dir: str) -> str | None:
+    """The id of the wandb run already in ``save_dir/wandb`` (a resumed run folder), or None."""
+    runs = sorted(glob.glob(os.path.join(save_dir, "wandb", "*run-*-*")), key=os.path.getmtime)
+    runs = [r for r in runs if os.path.isdir(r) and not os.path.islink(r)]
+    return runs[-1].rsplit("-", 1)[1] if runs else None
+
+
 def wandb_logger(
     project: str = "fcn",
     save_dir: str = ".",
@@ -112,6 +122,10 @@ def wandb_logger(
     """
     resolved = resolve_wandb_mode(mode)
     job_name, job_group, job_tags = _job_context()
+    previous = previous_run_id(save_dir)
+    if previous and "id" not in kwargs:  # the run folder's own run, continued (fcn.resume)
+        kwargs.update(id=previous, resume="allow")
+        job_name = job_group = None  # keep the name and group it was given
     os.makedirs(save_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")

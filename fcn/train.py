@@ -40,9 +40,12 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
-    new = init_weights(net, cfg.weights.source, cfg.weights.path)
-    if new:
-        log.info("layers new to this model (not in %s): %s", cfg.weights.path, ", ".join(new))
+    if cfg.ckpt_path is None:
+        new = init_weights(net, cfg.weights.source, cfg.weights.path)
+        if new:
+            log.info("layers new to this model (not in %s): %s", cfg.weights.path, ", ".join(new))
+    else:  # every weight comes from the checkpoint
+        log.info("resuming from %s", cfg.ckpt_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module = instantiate(
         cfg.module,

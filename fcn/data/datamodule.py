@@ -155,6 +155,18 @@ class SegmentationDataModule(pl.LightningDataModule):
             "collate_fn": pad_collate,
         }
         self.seed = seed
+        # One generator for the whole fit, its state saved in checkpoints: a resumed run draws
+        # the same shuffles (and loader worker seeds) as an uninterrupted one.
+        self.shuffle_generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def state_dict(self) -> dict:
+        if self.shuffle_generator is None:
+            return {}
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.shuffle_generator is not None and "shuffle_generator" in state_dict:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -174,9 +186,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.train_set, self.batch_size, sampler=sampler, drop_last=True,
                 worker_init_fn=_seed_worker, **self.loader_kwargs,
             )  # fmt: skip
-        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         return DataLoader(
-            self.train_set, self.batch_size, shuffle=True, drop_last=False, generator=generator,
+            self.train_set, self.batch_size, shuffle=True, drop_last=False,
+            generator=self.shuffle_generator,
             worker_init_fn=_seed_worker, **self.loader_kwargs,
         )  # fmt: skip
 
