@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from fcn.data.labels import IGNORE_INDEX
+from fcn.errors import FCNError
 from fcn.metrics import METRIC_NAMES, SegmentationMetrics
 from fcn.models.weights import CONFIG_KEY
 
@@ -54,6 +55,32 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
         return [_plain(v) for v in obj]
     return obj
+
+
+class TrainingDiverged(FCNError):
+    """The training loss became NaN or infinite."""
+
+
+def diverged_message(
+    loss: float, step: int, epoch: int, lr: float | None, loss_reduction: str
+) -> str:
+    """What happened, where, and the likely cause (REFERENCE.md section 4)."""
+    where = f"the training loss is {loss} at step {step} (epoch {epoch})"
+    setting = f"optimizer.lr={lr:g} with module.loss_reduction={loss_reduction}" if lr else ""
+    if loss_reduction == "sum" and lr is not None and lr > 1e-8:
+        cause = (
+            "a summed loss grows with the number of pixels in a batch, so it needs the paper's "
+            "tiny learning rates (1e-10, 1e-12, 1e-14): lower optimizer.lr, or use "
+            "module.loss_reduction=mean with rates like the seed's 1e-4"
+        )
+    elif lr is not None and lr > 1e-2:
+        cause = "the learning rate is high even for a mean loss (the seed uses Adam at 1e-4)"
+    else:
+        cause = (
+            "look for NaN or infinite values in the data, or try a lower optimizer.lr or "
+            "trainer.precision=32-true"
+        )
+    return f"{where}; {setting}: {cause}"
 
 
 def rng_states() -> dict[str, Any]:
@@ -127,10 +154,24 @@ class FCNModule(pl.LightningModule):
         images, labels, _ = batch  # padded images train as they are (pads are void)
         scores = self.net(images)
         loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
+        self._stop_if_diverged(loss)
         per_pixel = (loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss).detach()
         self.train_loss.update(per_pixel, weight=valid)
         self.log("train/loss_step", per_pixel, prog_bar=True, batch_size=len(images))
         return loss
+
+    def _stop_if_diverged(self, loss: Tensor) -> None:
+        """Raise :class:`TrainingDiverged` on every process when any process's loss is NaN or
+        infinite (one all-reduce of a flag per step under DDP, so no process is left waiting)."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
+            raise TrainingDiverged(
+                diverged_message(loss.detach().item(), self.global_step, self.current_epoch, lr,
+                                 self.loss_reduction)
+            )  # fmt: skip
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute(), sync_dist=False)
