@@ -114,6 +114,10 @@ class FCNModule(pl.LightningModule):
         class_names: names used in the per-class IoU metrics ``val/IoU/<name>``.
         run_config: the run's resolved config (plain containers), stored in every checkpoint so
             that ``fcn.evaluate`` / ``fcn.predict`` rebuild the network and data without options.
+        channels_last: keep the network's weights and inputs in channels-last memory format
+            (faster convolutions on many GPUs and recent CPUs; same results within float error).
+        compile: compile the network's forward with ``torch.compile`` (in place: checkpoints keep
+            the plain parameter names).
 
     Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
     whatever reduction is optimised, so runs compare), ``val/mIoU``, ``val/pixel_acc``,
@@ -128,6 +132,8 @@ class FCNModule(pl.LightningModule):
         loss_reduction: str = "mean",
         class_names: Sequence[str] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_loss_reduction(loss_reduction)
@@ -146,13 +152,18 @@ class FCNModule(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_metrics = SegmentationMetrics(num_classes)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch  # padded images train as they are (pads are void)
-        scores = self.net(images)
+        scores = self.net(images.contiguous(memory_format=self.memory_format))
         loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
         self._stop_if_diverged(loss)
         per_pixel = (loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss).detach()
@@ -192,7 +203,7 @@ class FCNModule(pl.LightningModule):
             )
 
     def _validate(self, images: Tensor, labels: Tensor) -> None:
-        scores = self.net(images)
+        scores = self.net(images.contiguous(memory_format=self.memory_format))
         loss, valid = segmentation_loss(scores, labels, "mean")
         self.val_loss.update(loss, weight=valid)
         self.val_metrics.update(scores, labels)
