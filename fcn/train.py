@@ -8,6 +8,7 @@ MetricsFile callback), finish the wandb run and return the best ``val/mIoU`` for
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -78,9 +79,13 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _refuse_multirun_ddp(cfg: DictConfig) -> None:
-    """Lightning re-launches DDP processes with the parent's command line, which under a
-    Hydra multirun would start the whole sweep again in every process."""
+    """On one machine, Lightning re-launches DDP processes with the parent's command line,
+    which under a local Hydra multirun would start the whole sweep again in every process.
+    Sweeps sent to SLURM (``hydra/launcher=slurm``) are fine: SLURM starts the processes."""
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "submitit" in launcher or "SLURM_NTASKS" in os.environ:
         return
     devices = cfg.trainer.get("devices", 1)
     if str(devices) in ("auto", "-1"):
@@ -91,7 +96,9 @@ def _refuse_multirun_ddp(cfg: DictConfig) -> None:
     if many or cfg.trainer.get("num_nodes", 1) > 1:
         raise ConfigError(
             f"trainer.devices={devices} cannot be combined with a multirun (-m) sweep on one "
-            "machine yet: run the sweep's jobs one at a time, each with trainer.devices set"
+            "machine: run the sweep's jobs one at a time (python -m fcn.train <job's options> "
+            f"trainer.devices={devices}), or send the sweep to a SLURM cluster with "
+            "hydra/launcher=slurm, where each job gets its devices"
         )
 
 

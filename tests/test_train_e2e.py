@@ -101,13 +101,17 @@ def test_unknown_variant_gets_hydras_error(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> None:
+@pytest.mark.parametrize("processes", [2, 4])
+def test_ddp_on_cpu_processes_validates_like_one_process(workdir: Path, processes: int) -> None:
     run = workdir / "run"
-    overrides = [*TINY, "data.val_set.num_images=5", "logger=[wandb,csv]"]  # 5: ranks get 3, 2
-    args = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}"]
+    # 5 validation images: 2 ranks get 3 and 2, 4 ranks get 2, 1, 1, 1
+    overrides = [*TINY, "data.val_set.num_images=5", "logger=[wandb,csv]",
+                 f"data.train_set.num_images={4 * processes}"]  # fmt: skip
+    # trainer.devices alone, as a user types it: on a machine without GPUs, DDP over processes
+    args = [*overrides, f"trainer.devices={processes}", f"hydra.run.dir={run}"]
     proc = run_train(args, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes really joined
+    assert f"MEMBER: {processes}/{processes}" in proc.stdout + proc.stderr  # all joined
     final = _assert_finished_run(run)["final"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert not list(workdir.glob("outputs"))  # the second process did not make its own folder
@@ -128,10 +132,37 @@ def test_ddp_on_two_cpu_processes_validates_like_one_process(workdir: Path) -> N
         assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
+def test_too_few_images_for_the_processes_is_an_error(workdir: Path) -> None:
+    args = [*TINY, "trainer.devices=4", "logger=none"]  # 8 images: 2 a process, batch 4
+    proc = run_train(args, workdir)
+    assert proc.returncode == 1
+    assert "give each of 4 processes 2, fewer than data.batch_size=4" in proc.stderr
+
+
 def test_multirun_with_ddp_is_refused_at_once(workdir: Path) -> None:
     proc = run_train(["-m", *TINY, "trainer.devices=2", "model=fcn32,fcn8"], workdir)
     assert proc.returncode == 1
     assert "trainer.devices=2 cannot be combined with a multirun" in proc.stderr
+    assert "hydra/launcher=slurm" in proc.stderr
+
+
+def test_slurm_launcher_gives_each_job_its_devices(tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from fcn.train import _refuse_multirun_ddp
+
+    args = [*TINY, "hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = compose_train(args, tmp_path)
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    _refuse_multirun_ddp(cfg)  # allowed: SLURM starts each job's processes
 
 
 def test_corrupt_file_read_in_a_loader_worker_is_named(workdir: Path) -> None:

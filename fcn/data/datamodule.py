@@ -182,6 +182,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(
                 self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed
             )
+            if len(sampler) < self.batch_size:  # drop_last would leave no batch at all
+                raise DataError(
+                    f"the training set's {len(self.train_set)} images give each of {world} "
+                    f"processes {len(sampler)}, fewer than data.batch_size={self.batch_size}: "
+                    "use fewer processes or a smaller batch"
+                )
             return DataLoader(
                 self.train_set, self.batch_size, sampler=sampler, drop_last=True,
                 worker_init_fn=_seed_worker, **self.loader_kwargs,
