@@ -36,7 +36,7 @@ def run(processes: int, epochs: int, workdir: Path) -> float:
     args = [
         sys.executable, "-m", "fcn.train", "experiment=quickstart", "logger=none",
         f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", f"trainer.devices={processes}",
-        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+        "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={workdir / f'p{processes}_e{epochs}_{time.monotonic_ns()}'}",
     ]  # fmt: skip
