@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.data.labels import IGNORE_INDEX
 from fcn.errors import DataError
+from fcn.metrics import predicted_classes
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class ValidationMasks(pl.Callback):
                 continue  # already reported by the validation loop
             x = dataset.to_tensor.image(image)[None].to(pl_module.device)
             with torch.no_grad():
-                pred = pl_module(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                pred = predicted_classes(pl_module(x))[0].to(torch.uint8).cpu().numpy()
             masks = {
                 "prediction": {"mask_data": pred, "class_labels": labels},
                 "ground_truth": {"mask_data": label, "class_labels": labels},

@@ -23,6 +23,7 @@ from fcn.config_checks import check_model_config
 from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
+from fcn.metrics import predicted_classes
 from fcn.models.fcn import FCN
 from fcn.models.weights import load_fcn_state, read_checkpoint
 
@@ -144,4 +145,4 @@ def predict_mask(
 ) -> np.ndarray:
     """The predicted class of every pixel, an HxW uint8 array (see :func:`predict_scores`)."""
     scores = predict_scores(model, image, device, max_size)
-    return scores.argmax(0).to(torch.uint8).cpu().numpy()
+    return predicted_classes(scores, 0).to(torch.uint8).cpu().numpy()

@@ -95,3 +95,16 @@ def test_merged_states_equal_one_process() -> None:
     part_a.merge_state(part_b)
     for key in ("pixel_acc", "mean_acc", "mIoU", "fwIoU"):
         assert part_a.compute()[key].item() == pytest.approx(whole.compute()[key].item()), key
+
+
+def test_predicted_classes_equal_argmax_ties_included() -> None:
+    from fcn.metrics import predicted_classes
+
+    scores = torch.randn(2, 21, 37, 50)
+    scores[:, 3] = scores[:, 7] = 100.0  # a tie everywhere: the first class wins, as argmax
+    scores[0, :, :5] = 0.0  # all equal: class 0
+    assert torch.equal(predicted_classes(scores), scores.argmax(1))
+    assert torch.equal(predicted_classes(scores[0], 0), scores[0].argmax(0))
+    assert (predicted_classes(scores)[1] == 3).all() and (
+        predicted_classes(scores)[0, :5] == 0
+    ).all()
