@@ -5,7 +5,8 @@ computation written as a bare PyTorch module here, measured side by side.
 
 Inference (eval, inference_mode) and one training step (forward, summed cross-entropy, backward,
 SGD momentum step) at the given size, batch 1, 21 classes, float32. Runs alternate between the
-three networks; medians of ``--repeats`` are printed with the ratios to the bare module.
+three networks in a rotating order; medians of ``--repeats`` are printed with the ratios to the
+bare module.
 Targets (issue 7): ours `caffe` within 5% of the bare module; `same` inference >= 1.8x and
 training step >= 1.6x faster than it.
 
@@ -140,10 +141,11 @@ def speed(height: int, width: int, repeats: int) -> None:
         inference(net, x)
         train_step(net, x, y, opts[name])
     times: dict[str, dict[str, list[float]]] = {n: {"inf": [], "train": []} for n in nets}
-    for _ in range(repeats):
-        for name, net in nets.items():
-            times[name]["inf"].append(inference(net, x))
-            times[name]["train"].append(train_step(net, x, y, opts[name]))
+    names = list(nets)
+    for r in range(repeats):
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate: no network always goes first
+            times[name]["inf"].append(inference(nets[name], x))
+            times[name]["train"].append(train_step(nets[name], x, y, opts[name]))
     print(f"FCN-8s, {height}x{width}, batch 1, {torch.get_num_threads()} threads, "
           f"median of {repeats}")  # fmt: skip
     print(f"{'network':<18}{'inference s':>12}{'speed-up':>10}{'train step s':>14}{'speed-up':>10}")

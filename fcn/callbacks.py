@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ class MetricsFile(pl.Callback):
     """Writes ``metrics.json``: per-epoch history, the final and the best validation metrics.
 
     ``best`` is the epoch with the highest ``monitor``; ``status`` is ``running`` until fit ends,
-    then ``finished`` (or ``failed`` / ``interrupted``). The file is rewritten atomically after
-    every epoch, on rank zero only.
+    then ``finished`` (or ``failed`` / ``interrupted``). Each history entry has the epoch's wall
+    time in ``seconds`` (training, validation and checkpoints). The file is rewritten atomically
+    after every epoch, on rank zero only.
     """
 
     def __init__(self, path: str | Path, monitor: str = "val/mIoU", mode: str = "max") -> None:
@@ -37,6 +39,7 @@ class MetricsFile(pl.Callback):
         self.mode = mode
         self.history: list[dict[str, Any]] = []
         self._pending_val: dict[str, float] | None = None
+        self._epoch_started: float | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resumed in the same folder: keep the history of the epochs the checkpoint holds."""
@@ -54,6 +57,7 @@ class MetricsFile(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, status="running")
+        self._epoch_started = time.perf_counter()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, status="finished")
@@ -73,6 +77,8 @@ class MetricsFile(pl.Callback):
             if not self.history or self.history[-1]["epoch"] != epoch:
                 entry = {"epoch": epoch, "step": trainer.global_step, **train}
                 entry.update(self._pending_val or {})
+                if self._epoch_started is not None:
+                    entry["seconds"] = time.perf_counter() - self._epoch_started
                 self.history.append(entry)
             self._pending_val = None
         self._write(trainer, status)
