@@ -11,7 +11,7 @@ Targets (issue 7): ours `caffe` within 5% of the bare module; `same` inference >
 training step >= 1.6x faster than it.
 
 ``--memory`` instead measures the peak resident memory of a training step at 500x500 for the
-bare module and for ours, each in a fresh process (target: ours no more).
+bare module and for ours, each in a fresh process, ``--repeats`` times (target: ours no more).
 """
 
 from __future__ import annotations
@@ -100,13 +100,17 @@ def check_same_computation() -> tuple[float, float]:
         return float((bare(x) - scores).abs().max()), float(scores.abs().max())
 
 
-def networks() -> dict[str, nn.Module]:
+BUILDERS = {
+    "bare (reference)": BareFCN8s,
+    "ours, caffe": lambda: FCN(alignment="caffe", dropout=0.5),
+    "ours, same": lambda: FCN(alignment="same", dropout=0.5),
+}
+
+
+def networks(only: str | None = None) -> dict[str, nn.Module]:
+    """The three networks (or just ``only``), paper-sized, 21 classes."""
     torch.manual_seed(0)
-    return {
-        "bare (reference)": BareFCN8s(),
-        "ours, caffe": FCN(alignment="caffe", dropout=0.5),
-        "ours, same": FCN(alignment="same", dropout=0.5),
-    }
+    return {name: build() for name, build in BUILDERS.items() if only in (None, name)}
 
 
 def inference(net: nn.Module, x: torch.Tensor) -> float:
@@ -177,7 +181,7 @@ def metric_cost(net: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) 
 
 def peak_memory_of(name: str, size: int) -> None:
     """In this process: one training step of ``name``; print the peak resident set in MB."""
-    net = networks()[name]
+    net = networks(only=name)[name]
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], 1e-10, momentum=0.99)
     x = torch.randn(1, 3, size, size)
     y = torch.randint(0, 21, (1, size, size))
@@ -186,14 +190,22 @@ def peak_memory_of(name: str, size: int) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def memory(size: int) -> None:
-    print(f"peak resident memory of a training step, FCN-8s {size}x{size} (fresh process each)")
-    for name in networks():
-        out = subprocess.run(
-            [sys.executable, __file__, "--peak-of", name, "--height", str(size)],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()[-1]  # fmt: skip
-        print(f"{name:<18}{float(out):>10.0f} MB")
+def memory(size: int, repeats: int) -> None:
+    print(f"peak resident memory of a training step, FCN-8s {size}x{size}, a fresh process for "
+          f"each run, median of {repeats}")  # fmt: skip
+    peaks: dict[str, list[float]] = {name: [] for name in BUILDERS}
+    for _ in range(repeats):
+        for name in BUILDERS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--peak-of", name, "--height", str(size)],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()[-1]  # fmt: skip
+            peaks[name].append(float(out))
+    base = statistics.median(peaks["bare (reference)"])
+    for name, values in peaks.items():
+        peak = statistics.median(values)
+        print(f"{name:<18}{peak:>8.0f} MB{peak / base:>7.2f}   (runs: "
+              f"{', '.join(f'{v:.0f}' for v in values)})")  # fmt: skip
 
 
 def main() -> None:
@@ -211,7 +223,7 @@ def main() -> None:
     elif args.peak_of:
         peak_memory_of(args.peak_of, args.height)
     elif args.memory:
-        memory(500)
+        memory(500, args.repeats)
     else:
         speed(args.height, args.width, args.repeats)
 

@@ -208,7 +208,9 @@ class FCN(nn.Module):
             score = score + skip_score
         score = getattr(self, self.final_upscore)(score)
         offset = CAFFE_FINAL_OFFSET[len(self.skips)] if caffe else 0
-        score = _crop(score, offset, height, width, self.final_upscore)
+        # A compact copy: a view would keep the whole uncropped map alive through the loss
+        # (30 MB more at the peak of a 500x500 training step; bench/model_speed.py --memory).
+        score = _crop(score, offset, height, width, self.final_upscore).contiguous()
         assert score.shape[-2:] == (height, width), "FCN output size differs from the input's"
         return score
 
