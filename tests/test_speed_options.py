@@ -49,6 +49,7 @@ def test_channels_last_trains_to_the_same_place(workdir: Path, baseline: dict) -
     _close(_train(workdir, "run", "module.channels_last=true"), baseline, rel=1e-2)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_channels_last_computes_the_same_step() -> None:
     torch.manual_seed(0)
     images, labels = torch.randn(2, 3, 40, 56), torch.randint(0, 3, (2, 40, 56))
