@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ class LoadedModel:
     class_names: list[str]
     path: Path
 
-    @property
+    @cached_property
     def to_tensor(self) -> ToTensor:
+        """The input conversion with the normalisation the model was trained with."""
         return ToTensor(self.normalization)
 
 
