@@ -63,6 +63,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(workdir: Path) -> None
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["status"] == "finished"
     assert [e["epoch"] for e in resumed["history"]] == [0, 1, 2]
+
     def numbers(history: list[dict]) -> list[dict]:  # all but the wall times
         return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
 
