@@ -112,17 +112,20 @@ def wandb_logger(
     name: str | None = None,
     group: str | None = None,
     tags: Sequence[str] = (),
+    resuming_from: str | None = None,
     **kwargs,
 ) -> WandbLogger:
     """A WandbLogger whose run lives in ``save_dir/wandb`` and is offline without credentials.
 
     Name and group default to the Hydra job's swept overrides (``fcn8``; all overrides for a
     single run) and the multirun sweep folder's name, so every job of a sweep is its own run in
-    one group. The chosen experiment, model and data are added to ``tags``.
+    one group. The chosen experiment, model and data are added to ``tags``. ``resuming_from``
+    (the run's ``ckpt_path``): a run continued in a folder that already holds a wandb run goes
+    on in that wandb run.
     """
     resolved = resolve_wandb_mode(mode)
     job_name, job_group, job_tags = _job_context()
-    previous = previous_run_id(save_dir)
+    previous = previous_run_id(save_dir) if resuming_from else None
     if previous and "id" not in kwargs:  # the run folder's own run, continued (fcn.resume)
         kwargs.update(id=previous, resume="allow")
         job_name = job_group = None  # keep the name and group it was given
