@@ -21,9 +21,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
-from fcn.inference import fill_from_checkpoint, require_data
+from fcn.inference import load_model, require_data
 from fcn.metrics import METRIC_NAMES
-from fcn.models.weights import load_fcn_state, read_checkpoint
 from fcn.module import FCNModule
 from fcn.optim import build_optimizer
 
@@ -34,8 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate ``cfg.ckpt_path`` on ``cfg.data``'s validation split; return the metrics."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
-    state, stored = read_checkpoint(cfg.ckpt_path)
-    fill_from_checkpoint(cfg, stored, cfg.ckpt_path)
+    net = load_model(cfg, cfg.ckpt_path).net  # completes cfg.model / cfg.data from the file
     require_data(cfg, cfg.ckpt_path)
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
@@ -44,8 +42,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.data.val_transform = cfg.transforms.val
     check_config(cfg, training=False)
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model)
-    load_fcn_state(net, state, cfg.ckpt_path, strict=True)
     log.info("evaluating %s from %s", net.variant, cfg.ckpt_path)
     module = FCNModule(net, optimizer=build_optimizer, class_names=datamodule.class_names)
     trainer: pl.Trainer = instantiate(

@@ -28,7 +28,6 @@ from fcn.inference import (
     require_data,
 )
 from fcn.metrics import scores_from_confusion
-from fcn.models.weights import read_checkpoint
 from fcn.viz import FigureRow, draw_comparison
 
 log = logging.getLogger("fcn.figure")
@@ -76,15 +75,14 @@ def make_figure(cfg: DictConfig) -> Path:
     paths = list(cfg.checkpoints)
     if not paths:
         raise ConfigError("checkpoints must list at least one checkpoint")
-    _, stored = read_checkpoint(paths[0])
-    fill_from_checkpoint(cfg, stored, paths[0])
-    require_data(cfg, paths[0])
     models = []
-    for path in paths:
+    for path in paths:  # each checkpoint's own network and normalisation
         model_cfg = OmegaConf.create(
             {"model": None, "data": {"num_classes": None, "normalization": None}}
         )
         models.append(load_model(model_cfg, path))
+    fill_from_checkpoint(cfg, models[0].run_config, paths[0])  # the data: the first one's
+    require_data(cfg, paths[0])
     device = pick_device(cfg.device)
     num_classes = int(cfg.data.num_classes)
     for model in models:

@@ -42,6 +42,7 @@ class LoadedModel:
     normalization: str
     class_names: list[str]
     path: Path
+    run_config: dict | None  # the run config stored in the file (None for bare weights)
 
     @cached_property
     def to_tensor(self) -> ToTensor:
@@ -108,7 +109,7 @@ def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     net: FCN = instantiate(cfg.model)
     load_fcn_state(net, state, ckpt_path, strict=True)
     names = cfg.data.class_names or [f"class_{i}" for i in range(net.num_classes)]
-    return LoadedModel(net.eval(), cfg.data.normalization, list(names), Path(ckpt_path))
+    return LoadedModel(net.eval(), cfg.data.normalization, list(names), Path(ckpt_path), stored)
 
 
 def pick_device(name: str = "auto") -> torch.device:
