@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.data.labels import IGNORE_INDEX
 from fcn.errors import DataError
+from fcn.files import write_text
 from fcn.metrics import predicted_classes
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,19 @@ class MetricsFile(pl.Callback):
         self._pending_val: dict[str, float] | None = None
         self._epoch_started: float | None = None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resumed in the same folder: keep the history of the epochs the checkpoint holds."""
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resumed in the same folder: take over the history already written there."""
         if trainer.ckpt_path and self.path.is_file() and not self.history:
             try:
-                previous = json.loads(self.path.read_text()).get("history", [])
-            except (OSError, ValueError):
+                previous = json.loads(self.path.read_text(encoding="utf-8")).get("history", [])
+            except (OSError, ValueError, AttributeError):
                 previous = []
-            self.history = [e for e in previous if e.get("epoch", 1 << 30) < trainer.current_epoch]
+            self.history = [e for e in previous if isinstance(e, dict)]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Keep only the epochs the checkpoint holds (a run killed after its last checkpoint
+        may have recorded one more)."""
+        self.history = [e for e in self.history if e.get("epoch", 1 << 30) < trainer.current_epoch]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -66,7 +71,10 @@ class MetricsFile(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         interrupted = isinstance(exception, KeyboardInterrupt)
-        self._write(trainer, "interrupted" if interrupted else "failed")
+        try:
+            self._write(trainer, "interrupted" if interrupted else "failed")
+        except Exception as err:  # e.g. the disk is full: the run's own error is what matters
+            log.warning("could not record the %s status in %s: %s", "failed", self.path, err)
 
     def _record(self, trainer: pl.Trainer, status: str) -> None:
         """Close the epoch that just ended (train/loss is logged after validation) and write."""
@@ -102,10 +110,7 @@ class MetricsFile(pl.Callback):
             "last_checkpoint": (last[0].best_model_path or None) if last else None,
             "history": self.history,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(_json_safe(doc), indent=2) + "\n")
 
 
 def _scalars(metrics: dict[str, Any], prefix: str | tuple[str, ...]) -> dict[str, float]:
@@ -185,8 +190,10 @@ class ValidationMasks(pl.Callback):
             except DataError:
                 continue  # already reported by the validation loop
             x = dataset.to_tensor.image(image)[None].to(pl_module.device)
-            with torch.no_grad():
-                pred = predicted_classes(pl_module(x))[0].to(torch.uint8).cpu().numpy()
+            precision = trainer.precision_plugin  # the run's dtype (64-true, bf16-true, ...)
+            with torch.no_grad(), precision.forward_context():
+                scores = pl_module(precision.convert_input(x))
+            pred = predicted_classes(scores.float())[0].to(torch.uint8).cpu().numpy()
             masks = {
                 "prediction": {"mask_data": pred, "class_labels": labels},
                 "ground_truth": {"mask_data": label, "class_labels": labels},

@@ -26,11 +26,11 @@ class DataError(FCNError):
 
 def user_message(err: BaseException) -> str:
     """The message of a user error, without the traceback text a DataLoader worker adds."""
-    text = str(err)
+    text = str(err).strip()
     if "Original Traceback" in text:  # re-raised from a loader worker: keep the original line
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith("fcn.errors.") else last
-    return text
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith("fcn.") and ": " in last else last
+    return text or type(err).__name__
 
 
 def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T]:
@@ -46,6 +46,13 @@ def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T]:
         except InstantiationException as err:
             cause = err.__cause__ if isinstance(err.__cause__, FCNError) else err
             print(f"error: {user_message(cause)}", file=sys.stderr)
+        except Exception as err:
+            from fcn.files import disk_full_message, is_disk_full, no_space_error
+
+            if not is_disk_full(err):
+                raise
+            where = getattr(no_space_error(err), "filename", None) or "a file"
+            print(f"error: {disk_full_message(where, err)}", file=sys.stderr)
         sys.exit(1)
 
     return run

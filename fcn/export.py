@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from fcn.data.transforms import NORMALIZATIONS
 from fcn.errors import ConfigError, FCNError, exit_on_user_error
+from fcn.files import atomic_write
 from fcn.inference import load_model
 from fcn.models.fcn import FCN
 
@@ -28,17 +29,18 @@ logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per grap
 EXPORT_EXTRA = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
 
 
-def export_onnx(net: FCN, path: Path, sample_size: tuple[int, int], metadata: dict) -> None:
+def export_onnx(
+    net: FCN, path: Path, sample_size: tuple[int, int], metadata: dict, replace: bool = True
+) -> None:
     """Write ``net`` as ONNX with dynamic batch, height and width; ``metadata`` (str values)
-    goes into the model's metadata properties. The file appears whole or not at all."""
+    goes into the model's metadata properties. The file appears whole or not at all;
+    ``replace`` False refuses an existing ``path``."""
     try:
         import onnx
     except ImportError:
         raise ConfigError(f"ONNX export needs onnx and onnxscript: {EXPORT_EXTRA}") from None
     dynamic = torch.export.Dim.DYNAMIC
     example = torch.randn(1, 3, *sample_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
     program = torch.onnx.export(
         net.eval(),
         (example,),
@@ -50,8 +52,7 @@ def export_onnx(net: FCN, path: Path, sample_size: tuple[int, int], metadata: di
     )
     model = program.model_proto
     onnx.helper.set_model_props(model, metadata)
-    onnx.save(model, str(partial))
-    partial.replace(path)
+    atomic_write(path, lambda partial: onnx.save(model, str(partial)), replace)
 
 
 def compare_with_torch(
@@ -90,6 +91,9 @@ def export(cfg: DictConfig) -> Path:
     """Export ``cfg.ckpt_path`` to ``cfg.output_file`` and check it; return the file."""
     sample = _size(cfg.sample_size, "sample_size")
     checks = [_size(s, "check_sizes") for s in cfg.check_sizes]
+    out = Path(cfg.output_file)
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(f"output_file {out} already exists: add overwrite=true to replace it")
     model = load_model(cfg, cfg.ckpt_path)
     order, mean, std = NORMALIZATIONS[model.normalization]
     metadata = {
@@ -101,9 +105,8 @@ def export(cfg: DictConfig) -> Path:
         "input": "image: float32 (N, 3, H, W), (pixel 0-255 in channel_order - mean) / std",
         "source": str(cfg.ckpt_path),
     }
-    out = Path(cfg.output_file)
     log.info("exporting %s from %s", model.net.variant, cfg.ckpt_path)
-    export_onnx(model.net, out, sample, metadata)
+    export_onnx(model.net, out, sample, metadata, cfg.overwrite)
     for size, diff, spread in compare_with_torch(model.net, out, checks):
         ok = diff <= cfg.tolerance * max(spread, 1.0)
         print(

@@ -75,6 +75,11 @@ def make_figure(cfg: DictConfig) -> Path:
     paths = list(cfg.checkpoints)
     if not paths:
         raise ConfigError("checkpoints must list at least one checkpoint")
+    out_file = Path(cfg.output_file)
+    if out_file.exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"output_file {out_file} already exists: add overwrite=true to replace it"
+        )
     models = []
     for path in paths:  # each checkpoint's own network and normalisation
         model_cfg = OmegaConf.create(
@@ -104,8 +109,7 @@ def make_figure(cfg: DictConfig) -> Path:
         rows.append(FigureRow(title, image, label, preds, scores))
         log.info("%s: %s", title, ", ".join(f"acc {a:.3f} mIoU {m:.3f}" for a, m in scores))
     names = cfg.data.class_names or [f"class_{i}" for i in range(num_classes)]
-    out_file = Path(cfg.output_file)
-    draw_comparison(rows, _column_names(models), list(names), out_file)
+    draw_comparison(rows, _column_names(models), list(names), out_file, cfg.overwrite)
     print(f"written to {out_file}")
     return out_file
 

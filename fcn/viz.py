@@ -11,6 +11,7 @@ from PIL import Image
 
 from fcn.data.labels import IGNORE_INDEX as VOID
 from fcn.data.readers import voc_palette
+from fcn.files import atomic_write
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
@@ -38,13 +39,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 def save_png(array_or_image: np.ndarray | Image.Image, path: Path) -> None:
     """Write a PNG, making its folder; written to a temporary name first, so a file under the
     final name is always whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = array_or_image
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
-    partial = path.with_name(path.name + ".part")
-    img.save(partial, format="PNG")
-    partial.replace(path)
+    atomic_write(path, lambda partial: img.save(partial, format="PNG"))
 
 
 @dataclass
@@ -59,10 +57,15 @@ class FigureRow:
 
 
 def draw_comparison(
-    rows: Sequence[FigureRow], model_names: Sequence[str], class_names: Sequence[str], path: Path
+    rows: Sequence[FigureRow],
+    model_names: Sequence[str],
+    class_names: Sequence[str],
+    path: Path,
+    replace: bool = True,
 ) -> None:
     """The seed's figure: per row the image, its true label and each model's prediction titled
-    with that image's pixel accuracy and mean IoU; a legend of the classes shown."""
+    with that image's pixel accuracy and mean IoU; a legend of the classes shown. ``replace``
+    False refuses an existing ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +96,7 @@ def draw_comparison(
         handles.append(Patch(color=_PALETTE[VOID] / 255.0, label="void (not scored)"))
     fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(handles), 8)), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda partial: fig.savefig(partial, format="png", dpi=120), replace)
+    finally:
+        plt.close(fig)

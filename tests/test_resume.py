@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tests.conftest import TINY, run_train
 
@@ -81,21 +80,23 @@ def test_resume_names_what_is_missing(workdir: Path) -> None:
 def test_checkpoints_are_written_whole_or_not_at_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Lightning's checkpoint writer (the one the Trainer uses) writes through an fsspec
-    transaction: a write cut off half way leaves the previous file as it was."""
-    from fsspec.implementations.local import LocalFileOpener
+    """The Trainer's checkpoint writer (AtomicCheckpointIO, in train.py) writes beside the
+    target and renames: a write cut off half way leaves the previous file as it was."""
+    import fcn.checkpoints
 
     target = tmp_path / "last.ckpt"
-    writer = TorchCheckpointIO()
+    writer = fcn.checkpoints.AtomicCheckpointIO()
     writer.save_checkpoint({"step": torch.tensor(1)}, target)
-    real_write = LocalFileOpener.write
+    real_save = torch.save
 
-    def cut_off(self, data):
-        real_write(self, data[: len(data) // 2])
+    def cut_off(obj, f):
+        real_save(obj, f)
+        f.truncate(f.tell() // 2)
         raise OSError("killed while writing")
 
-    monkeypatch.setattr(LocalFileOpener, "write", cut_off)
+    monkeypatch.setattr(fcn.checkpoints.torch, "save", cut_off)
     with pytest.raises(OSError, match="killed"):
         writer.save_checkpoint({"step": torch.tensor(2), "more": torch.zeros(1000)}, target)
     monkeypatch.undo()
     assert torch.load(target, weights_only=True)["step"] == 1  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no partial file is left
