@@ -27,6 +27,7 @@ from fcn.errors import ConfigError
 from fcn.metrics import predicted_classes
 from fcn.models.fcn import FCN
 from fcn.models.weights import load_fcn_state, read_checkpoint
+from fcn.stored_config import check_stored_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -
     ``normalization`` / ``class_names`` still missing become 21, torchvision and (for 21
     classes) the VOC names.
     """
-    stored = stored or {}
+    stored = check_stored_config(stored, ckpt_path) or {}
     trained_with = (stored.get("data") or {}).get("normalization")
     with open_dict(cfg):
         cfg.data = _complete(cfg.get("data"), stored.get("data"))
@@ -104,6 +105,7 @@ def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     """The network of ``ckpt_path`` (completing ``cfg`` as :func:`fill_from_checkpoint`), with
     every layer taken from the file, in eval mode on the CPU."""
     state, stored = read_checkpoint(ckpt_path)
+    stored = check_stored_config(stored, ckpt_path)
     fill_from_checkpoint(cfg, stored, ckpt_path)
     check_model_config(cfg.model)
     net: FCN = instantiate(cfg.model)
@@ -117,9 +119,18 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>, got {name!r}") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name} but this machine has no usable GPU: use device=cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name} but this machine has {count} GPU(s): cuda:0..")
+    elif device.type != "cpu":
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>, got {name!r}")
+    return device
 
 
 @torch.inference_mode()

@@ -1,9 +1,11 @@
-"""Continue a killed or finished run in its own folder: ``python -m fcn.resume <run folder>``.
+"""Continue a killed run in its own folder: ``python -m fcn.resume <run folder>``.
 
 Runs ``python -m fcn.train`` again with the run's own overrides (``.hydra/overrides.yaml``),
 ``ckpt_path=<run>/checkpoints/last.ckpt`` and ``hydra.run.dir=<run>``: the same folder, the same
 checkpoints, ``metrics.json`` history kept, and the same wandb run (its id is found in the
-folder). Extra ``key=value`` arguments are added, e.g. ``trainer.max_epochs=40`` to go on longer.
+folder). Extra ``key=value`` arguments are added, e.g. ``trainer.max_epochs=40`` to go on longer
+(a finished run is refused without a larger ``trainer.max_epochs``: its history is kept).
+The overrides read from the folder may not choose code to run (:func:`read_overrides`).
 With a seed set, the random streams and the shuffle order continue from the checkpoint, so the
 result equals an uninterrupted run's.
 """
@@ -12,11 +14,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fcn.errors import DataError
+
+#: Set for the ``fcn.train`` that ``fcn.resume`` starts: its options come from a file
+#: (``.hydra/overrides.yaml``), so it builds only fcn's own components (see
+#: :func:`fcn.stored_config.check_run_targets`).
+RESUME_SOURCE_ENV = "FCN_OPTIONS_FROM_FILE"
+#: Keys through which an override would choose code to run.
+CODE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 
 
 def _quoted(value: Path) -> str:
@@ -37,13 +48,51 @@ def resume_command(run: Path, extra: list[str]) -> list[str]:
             "again instead"
         )
     overrides = [
-        o for o in yaml.safe_load(overrides_file.read_text()) or []
-        if not o.lstrip("+~").startswith("ckpt_path=")
+        o for o in read_overrides(overrides_file)
+        if not o.lstrip("+~").startswith(("ckpt_path=", "overwrite="))
     ]  # fmt: skip
     return [
         sys.executable, "-m", "fcn.train", *overrides, *extra,
         f"ckpt_path={_quoted(checkpoint)}", f"hydra.run.dir={_quoted(run)}",
     ]  # fmt: skip
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The overrides a run was started with, refused (naming the file and the override) when
+    one would choose code to run or change Hydra itself: a run folder's file never does."""
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DataError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise DataError(f"{path} is not a list of overrides (key=value strings)")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise DataError(f"{path}: {str(err).splitlines()[0]}") from None
+    for text, override in zip(overrides, parsed, strict=True):
+        parts = override.key_or_group.replace("/", ".").split(".")
+        if parts[0] == "hydra" or any(p in CODE_KEYS for p in parts) or _names_code(
+            override.value()
+        ):
+            raise DataError(
+                f"{path}: the override {text!r} would choose code to run or change Hydra "
+                "itself, which a run folder's file may not do: refused"
+            )
+    return overrides
+
+
+def _names_code(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(k in CODE_KEYS or _names_code(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_names_code(v) for v in value)
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print("resuming:", " ".join(command[1:]), flush=True)
-    os.execv(sys.executable, command)
+    env = dict(os.environ, **{RESUME_SOURCE_ENV: str(Path(args[0]) / ".hydra" / "overrides.yaml")})
+    os.execve(sys.executable, command, env)
 
 
 if __name__ == "__main__":
