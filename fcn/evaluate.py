@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
+from fcn.files import write_text
 from fcn.inference import load_model, require_data
 from fcn.metrics import METRIC_NAMES
 from fcn.module import FCNModule
@@ -35,9 +36,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     net = load_model(cfg, cfg.ckpt_path).net  # completes cfg.model / cfg.data from the file
     require_data(cfg, cfg.ckpt_path)
+    out = Path(cfg.output_file)
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(f"output_file {out} already exists: add overwrite=true to replace it")
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
-        cfg.data.train_set = None  # only validation data is read
+        # only validation data is read: resolve its set first (its root may name train_set's)
+        cfg.data.val_set = OmegaConf.to_container(cfg.data.val_set, resolve=True)
+        cfg.data.train_set = None
         cfg.data.train_transform = None
         cfg.data.val_transform = cfg.transforms.val
     check_config(cfg, training=False)
@@ -56,13 +62,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
     print(format_table(metrics))
     out = Path(cfg.output_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "checkpoint": str(cfg.ckpt_path),
         "data": cfg.data.val_set.get("split") or cfg.data.val_set._target_,
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
     }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(out, json.dumps(doc, indent=2) + "\n", replace=cfg.overwrite)
     print(f"written to {out}")
 
 

@@ -22,9 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from fcn.checkpoints import AtomicCheckpointIO, check_resumable
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
+from fcn.files import write_text
 from fcn.models.weights import init_weights
+from fcn.resume import RESUME_SOURCE_ENV
+from fcn.run_folder import clear_training_results, is_secondary_process
+from fcn.stored_config import check_run_targets
 from fcn.tracking import finish_wandb, start_loggers
 
 log = logging.getLogger("fcn.train")
@@ -36,6 +41,15 @@ def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return the best ``val/mIoU`` (None before any validation)."""
     check_config(cfg)
     _refuse_multirun_ddp(cfg)
+    if os.environ.get(RESUME_SOURCE_ENV):  # options read from a run folder's file (fcn.resume)
+        check_run_targets(cfg, os.environ[RESUME_SOURCE_ENV])
+    if cfg.ckpt_path is not None:
+        check_resumable(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("overwrite") and cfg.ckpt_path is None and not is_secondary_process():
+        removed = clear_training_results(output_dir)
+        if removed:
+            log.warning("overwrite=true: removed the earlier run's %s", ", ".join(removed))
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -61,9 +75,11 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     if not loggers:  # Lightning refuses an LR monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
-    _save_config(resolved, Path(cfg.paths.output_dir))
+    _save_config(resolved, output_dir)
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
@@ -74,7 +90,7 @@ def train(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if best is None:
         best = trainer.callback_metrics.get("val/mIoU")
-    log.info("run folder: %s", cfg.paths.output_dir)
+    log.info("run folder: %s", output_dir)
     return float(best) if best is not None else None
 
 
@@ -104,8 +120,7 @@ def _refuse_multirun_ddp(cfg: DictConfig) -> None:
 
 @rank_zero_only
 def _save_config(resolved: dict, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
