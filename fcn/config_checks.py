@@ -37,6 +37,31 @@ def check_model_config(model: DictConfig) -> None:
     )  # fmt: skip
 
 
+#: ``trainer.precision`` values that run end to end (tests train with each on CPU).
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true")
+#: Values Lightning accepts that are refused, with the reason.
+REFUSED_PRECISIONS = {
+    "16-true": "fp16 weights without fp32 master copies: Adam's updates underflow and the loss "
+    "turns NaN within the first steps",
+    "transformer-engine": "NVIDIA Transformer Engine is for transformer layers, not convolutions",
+    "transformer-engine-float16": "NVIDIA Transformer Engine is for transformer layers, not "
+    "convolutions",
+}
+
+
+def check_precision(precision: object) -> None:
+    """Raise :class:`ConfigError` for a ``trainer.precision`` that does not run end to end,
+    listing the supported values."""
+    value = str(precision)
+    if value in PRECISIONS:
+        return
+    why = REFUSED_PRECISIONS.get(value, "not a precision this project runs")
+    raise ConfigError(
+        f"trainer.precision={value} is not supported ({why}): use one of "
+        "32-true (default), 64-true, bf16-mixed, 16-mixed (GPUs; bf16 on CPU), bf16-true"
+    )
+
+
 def check_config(cfg: DictConfig, training: bool = True) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work, naming its key.
 
@@ -46,7 +71,7 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
     _apply(
         "data", check_data_args, num_classes=data.get("num_classes"),
         class_names=data.get("class_names"), batch_size=data.get("batch_size"),
-        on_bad_file=data.get("on_bad_file", "error"),
+        on_bad_file=data.get("on_bad_file", "error"), num_workers=data.get("num_workers", 0),
     )  # fmt: skip
     for key in ("size", "crop"):
         value = (cfg.get("transforms") or {}).get(key)
@@ -55,6 +80,7 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
         ):
             raise ConfigError(f"transforms.{key} must be a positive integer, got {value!r}")
     check_model_config(model)
+    check_precision((cfg.get("trainer") or {}).get("precision", "32-true"))
     if not training:
         return
     optimizer = cfg.optimizer

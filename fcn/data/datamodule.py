@@ -136,7 +136,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         on_bad_file: str = "error",
     ) -> None:
         super().__init__()
-        check_data_args(num_classes, class_names, batch_size, on_bad_file)
+        check_data_args(num_classes, class_names, batch_size, on_bad_file, num_workers)
+        for split, dataset in (("train", train_set), ("val", val_set)):
+            if dataset is not None and len(dataset) == 0:
+                where = getattr(dataset, "source", None) or type(dataset).__name__
+                raise DataError(f"the {split} split is empty: no image is listed in {where}")
         warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
@@ -229,9 +233,13 @@ def check_data_args(
     class_names: Sequence[str] | None,
     batch_size: int,
     on_bad_file: str = "error",
+    num_workers: int = 0,
 ) -> None:
     """Raise ValueError whose message starts with the name of the argument that cannot work."""
-    for name, value, minimum in (("num_classes", num_classes, 2), ("batch_size", batch_size, 1)):
+    for name, value, minimum in (
+        ("num_classes", num_classes, 2), ("batch_size", batch_size, 1),
+        ("num_workers", num_workers, 0),
+    ):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if class_names is not None and len(class_names) != num_classes:

@@ -73,6 +73,7 @@ class PascalDataset(Dataset):
                 "python -m fcn.train experiment=quickstart"
             )
         self.split = split or str(ids_file)
+        self.list_files: list[Path] = []  # the split lists read, named when the split is empty
         ids, sources = self._ids_and_sources(split, ids_file)
         located = [self._locate(i, sources) for i in ids]
         missing = [i for i, source in zip(ids, located, strict=True) if source is None]
@@ -102,8 +103,15 @@ class PascalDataset(Dataset):
         labels, label_suffix, images = LABELS[SOURCES[self._sources[index]]]
         return self.root / images / f"{id_}.jpg", self.root / labels / f"{id_}{label_suffix}"
 
-    def _list(self, relative: Path) -> list[str]:
-        return read_ids(self.root / relative)
+    @property
+    def source(self) -> str:
+        """Where the split's ids come from (its list files)."""
+        return ", ".join(map(str, self.list_files))
+
+    def _list(self, path: Path) -> list[str]:
+        path = self.root / path  # an absolute path stays as it is
+        self.list_files.append(path)
+        return read_ids(path)
 
     def _ids_and_sources(
         self, split: str | None, ids_file: str | Path | None
@@ -120,8 +128,8 @@ class PascalDataset(Dataset):
             ids = [i for i in dict.fromkeys(merged) if i not in val]  # ordered, unique
             return ids, ("voc", "sbd")
         if split == "seg11valid":
-            return read_ids(PAPER_SPLITS / "seg11valid.txt"), ("voc",)
-        return read_ids(Path(ids_file).expanduser()), ("voc", "sbd")
+            return self._list(PAPER_SPLITS / "seg11valid.txt"), ("voc",)
+        return self._list(Path(ids_file).expanduser().resolve()), ("voc", "sbd")
 
     def _locate(self, id_: str, sources: tuple[str, ...]) -> str | None:
         """The first source that has a label for ``id_`` (its image must be there too)."""

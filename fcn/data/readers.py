@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +36,34 @@ def voc_palette() -> list[int]:
     return palette
 
 
+def open_failure(path: Path, what: str, err: OSError) -> str:
+    """Why reading ``path`` (an ``image`` or ``label`` file) failed with ``err``, in words: a
+    folder, a symbolic link loop, a broken symbolic link, a missing file, else ``err``."""
+    path = Path(path)
+    try:
+        os.stat(path)
+        reason = None
+    except OSError as stat_err:
+        reason = stat_err.errno
+    if path.is_symlink() and reason == errno.ELOOP:
+        return f"{what} {path} is a symbolic link loop"
+    if path.is_symlink() and reason == errno.ENOENT:
+        return f"{what} {path} is a broken symbolic link to {os.readlink(path)}"
+    if path.is_dir():
+        return f"{what} {path} is a folder, not {'an' if what[0] in 'aeiou' else 'a'} {what} file"
+    if reason == errno.ENOENT:
+        return f"{what} file not found: {path}"
+    return f"cannot read {what} {path}: {err}"
+
+
 @contextmanager
 def _reading(path: Path, what: str) -> Iterator[None]:
     """Turn the errors of reading ``path`` into a DataError naming it."""
     try:
         yield
-    except FileNotFoundError:
-        raise DataError(f"{what} file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+    except OSError as err:  # PIL's UnidentifiedImageError too
+        raise DataError(open_failure(path, what, err)) from None
+    except (ValueError, SyntaxError) as err:  # PIL's errors for broken files
         raise DataError(f"cannot read {what} {path}: {err}") from None
 
 
@@ -66,8 +88,8 @@ def read_mat_label(path: Path) -> np.ndarray:
     """An SBD label: ``GTcls.Segmentation`` of a ``cls/<id>.mat`` file (uint8, 0..20)."""
     try:
         seg = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
-    except FileNotFoundError:
-        raise DataError(f"label file not found: {path}") from None
+    except OSError as err:
+        raise DataError(open_failure(path, "label", err)) from None
     except (KeyError, AttributeError, IndexError) as err:
         raise DataError(f"{path} has no GTcls.Segmentation (not an SBD cls file?): {err}") from None
     except Exception as err:  # scipy raises several types for corrupt files
@@ -81,12 +103,18 @@ def read_mat_label(path: Path) -> np.ndarray:
 def read_ids(path: Path) -> list[str]:
     """Image ids of a split list file, one per line (blank lines ignored)."""
     try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"split list {path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#x}):"
+            " a split list holds one image id per line"
+        ) from None
     except OSError as err:
         raise DataError(
             f"cannot read split list {path}: {err.strerror or err} (python -m fcn.data.prepare "
             "downloads VOC2012 and SBD with their lists)"
         ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def check_label(

@@ -53,6 +53,7 @@ class SeedVOC(Dataset):
                 "python -m fcn.train experiment=quickstart"
             )
         ids, kinds = [], []
+        self.list_files = [splits_dir / f"{name}.txt" for name in SPLIT_FILES[split]]
         for list_name in SPLIT_FILES[split]:
             listed = read_ids(splits_dir / f"{list_name}.txt")
             ids += listed
@@ -67,6 +68,11 @@ class SeedVOC(Dataset):
                 f"{len(missing)} file(s) of the seed's {split} split are missing under "
                 f"{self.root}, e.g.:\n  {shown}"
             )
+
+    @property
+    def source(self) -> str:
+        """Where the split's ids come from (its list files)."""
+        return ", ".join(map(str, self.list_files))
 
     @property
     def ids(self) -> list[str]:
