@@ -9,6 +9,7 @@ at each job's best epoch, and the jobs that failed or did not finish) and ``loss
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fcn.errors import FCNError
+from fcn.files import atomic_write, write_text
 from fcn.tracking import run_name, swept_keys
 
 SUMMARY = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss", "train/loss")
@@ -28,9 +31,10 @@ class Job:
 
     folder: Path
     name: str
-    status: str  # finished | failed | interrupted | incomplete | no metrics
+    status: str  # finished | failed | interrupted | incomplete | no metrics | unreadable metrics
     max_epochs: int | None = None
     metrics: dict = field(default_factory=dict)  # metrics.json, or {} when there is none
+    error: str | None = None  # what is wrong with an unreadable metrics.json
 
     @property
     def history(self) -> list[dict]:
@@ -49,6 +53,8 @@ class Job:
         where = f"see {log}" if log.is_file() else "no log either"
         if self.status == "no metrics":
             return f"no metrics.json: it failed before its first epoch ({where})"
+        if self.status == "unreadable metrics":
+            return f"{self.error} ({where})"
         if self.status == "incomplete":
             where = f"still running, or killed; {where}"
         done = f"{self.epochs}/{self.max_epochs}" if self.max_epochs else str(self.epochs)
@@ -63,23 +69,102 @@ def _job_folders(sweep: Path) -> list[Path]:
     )
 
 
-def read_job(folder: Path, keep: set[str] | None) -> Job:
-    """A job from its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files."""
-    name = folder.name
-    hydra_file = folder / ".hydra" / "hydra.yaml"
-    if hydra_file.is_file():
-        hc = OmegaConf.load(hydra_file).hydra
+class BadMetrics(ValueError):
+    """A ``metrics.json`` that cannot be read, or is not what MetricsFile writes."""
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's type."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "?")
+
+
+def _is_number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _shape_error(doc: object) -> str | None:
+    """What in a parsed ``metrics.json`` is not what MetricsFile writes, or None."""
+    if not isinstance(doc, dict):
+        return f"{_kind(doc)} where an object was expected"
+    if not isinstance(doc.get("status", ""), str):
+        return f"status is {_kind(doc['status'])}, not a string"
+    epochs = doc.get("epochs_completed", 0)
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return f"epochs_completed is {_kind(epochs)}, not a whole number"
+    if not isinstance(doc.get("history", []), list):
+        return f"history is {_kind(doc['history'])}, not an array"
+    entries = [(k, doc.get(k)) for k in ("best", "final")]
+    entries += [(f"history[{i}]", e) for i, e in enumerate(doc.get("history", []))]
+    for where, entry in entries:
+        if entry is None and not where.startswith("history"):
+            continue
+        if not isinstance(entry, dict):
+            return f"{where} is {_kind(entry)}, not an object"
+        if where.startswith("history") and not isinstance(entry.get("epoch"), int):
+            return f"{where} has no whole epoch number"
+        bad = next((k for k, v in entry.items() if not _is_number(v)), None)
+        if bad is not None:
+            return f'{where}["{bad}"] is {_kind(entry[bad])}, not a number'
+    return None
+
+
+def read_metrics(path: Path) -> dict:
+    """The content of a ``metrics.json``; :class:`BadMetrics` names the file and what is wrong
+    with it (unreadable, empty, not JSON, or not the shape MetricsFile writes)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BadMetrics(f"{path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise BadMetrics(f"{path} cannot be read: {err.strerror or err}") from None
+    if not text.strip():
+        raise BadMetrics(f"{path} is empty")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadMetrics(
+            f"{path} is not valid JSON (line {err.lineno} column {err.colno}: {err.msg})"
+        ) from None
+    if why := _shape_error(doc):
+        raise BadMetrics(f"{path} is not a metrics file of fcn.train: {why}")
+    return doc
+
+
+def _name(folder: Path, keep: set[str] | None) -> str:
+    """The job's run name from its ``.hydra/hydra.yaml``, else its folder's name."""
+    try:
+        hc = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
         groups = [k for k, v in hc.runtime.choices.items() if v is not None]
-        name = run_name(list(hc.overrides.task), groups, keep) or name
-    max_epochs = None
+        return run_name(list(hc.overrides.task), groups, keep) or folder.name
+    except Exception:  # missing or foreign: the folder's name will do
+        return folder.name
+
+
+def _max_epochs(folder: Path) -> int | None:
     for config in (folder / "config.yaml", folder / ".hydra" / "config.yaml"):
         if config.is_file():
-            max_epochs = OmegaConf.load(config).get("trainer", {}).get("max_epochs")
-            break
+            try:
+                value = OmegaConf.load(config).trainer.max_epochs
+            except Exception:  # unreadable or foreign: the epochs are shown without a total
+                return None
+            return value if isinstance(value, int) else None
+    return None
+
+
+def read_job(folder: Path, keep: set[str] | None) -> Job:
+    """A job from its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files; a broken
+    ``metrics.json`` makes an ``unreadable metrics`` job that says what is wrong."""
+    name, max_epochs = _name(folder, keep), _max_epochs(folder)
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
         return Job(folder, name, "no metrics", max_epochs)
-    metrics = json.loads(metrics_file.read_text())
+    try:
+        metrics = read_metrics(metrics_file)
+    except BadMetrics as err:
+        return Job(folder, name, "unreadable metrics", max_epochs, error=str(err))
     status = metrics.get("status", "incomplete")
     if status == "running":  # nobody is writing it any more, or the job is still going
         status = "incomplete"
@@ -114,6 +199,7 @@ def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
         at = f" ({epoch + 1})" if isinstance(epoch, int) else ""
         best_cell = f"**{_fmt(best.get('val/mIoU'))}**{at}" if best else "-"
         done = f"{job.epochs}/{job.max_epochs}" if job.max_epochs else str(job.epochs)
+        done = "?" if job.error else done  # its metrics.json cannot tell
         cells = [job.name, job.status, done, best_cell, *(_fmt(final.get(k)) for k in SUMMARY)]
         lines.append("| " + " | ".join(cells) + " |")
     classes = list(
@@ -165,9 +251,11 @@ def plot_curves(jobs: list[Job], sweep: Path) -> list[Path]:
         if ax.lines:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        path = sweep / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            save = functools.partial(fig.savefig, format="png", dpi=110)
+            path = atomic_write(sweep / filename, save)
+        finally:
+            plt.close(fig)
         written.append(path)
     return written
 
@@ -183,8 +271,7 @@ def _sweep_command(sweep: Path) -> str | None:
 def compare(sweep: Path) -> tuple[list[Job], Path]:
     """Write ``comparison.md``, ``loss.png`` and ``miou.png`` into ``sweep``."""
     jobs = read_sweep(sweep)
-    out = sweep / "comparison.md"
-    out.write_text(markdown(jobs, sweep, _sweep_command(sweep)))
+    out = write_text(sweep / "comparison.md", markdown(jobs, sweep, _sweep_command(sweep)))
     plot_curves(jobs, sweep)
     return jobs, out
 
@@ -199,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         jobs, out = compare(args.sweep)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, FCNError) as err:  # no sweep there; the disk is full
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(out.read_text())

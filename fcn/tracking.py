@@ -2,31 +2,115 @@
 
 from __future__ import annotations
 
+import configparser
 import glob
+import ipaddress
 import logging
 import netrc
 import os
 import re
-from collections.abc import Sequence
+import socket
+import threading
+import urllib.request
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlparse
 
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 #: Overrides that never name a run (a resumed run keeps its name).
 UNNAMED_KEYS = ("ckpt_path",)
+#: Seconds ``wandb.init`` may wait for the server when ``logger.wandb.init_timeout`` is not given
+#: (wandb's own default is 90).
+INIT_TIMEOUT = 20.0
+#: Seconds the reachability check of the wandb server may take before a run goes offline.
+PROBE_TIMEOUT = 3.0
+
+
+def wandb_base_url() -> str:
+    """The server an online run talks to: $WANDB_BASE_URL, else the one ``wandb login --host``
+    saved in wandb's settings file, else wandb's default."""
+    if url := os.environ.get("WANDB_BASE_URL"):
+        return url
+    folder = os.environ.get("WANDB_CONFIG_DIR") or os.path.expanduser("~/.config/wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(os.path.join(folder, "settings"))
+        url = parser.get("default", "base_url", fallback=None)
+    except configparser.Error:
+        url = None
+    if url:
+        return url
+    import wandb
+
+    return wandb.Settings().base_url
+
+
+def _netrc_hosts(url: str) -> set[str]:
+    """The ~/.netrc machine names wandb accepts for the server at ``url``."""
+    urls = [url]
+    try:  # a CoreWeave Forge address (wandb >= 0.26's default) also reads api.wandb.ai's entry
+        from wandb.sdk.lib.urls import forge_upstream_url
+
+        urls.append(forge_upstream_url(url))
+    except ImportError:
+        pass
+    return {name for u in urls for name in (urlparse(u).netloc, urlparse(u).hostname) if name}
 
 
 def has_wandb_credentials() -> bool:
     """True when an API key is in the environment or in ~/.netrc (``wandb login`` puts it there)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
+        entries = netrc.netrc()
     except (OSError, netrc.NetrcParseError):
         return False
+    return any(entries.authenticators(host) for host in _netrc_hosts(wandb_base_url()))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probe_address(url: str) -> tuple[str, int]:
+    """(host, port) that a connection to ``url`` opens first: its proxy's when one is set
+    ($HTTPS_PROXY / $HTTP_PROXY or WANDB_HTTPS_PROXY / WANDB_HTTP_PROXY, not for loopback or
+    $NO_PROXY hosts, as wandb's Go service does), else its own."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme or "https"
+    host = parsed.hostname or ""
+    proxy = os.environ.get(f"WANDB_{scheme.upper()}_PROXY") or urllib.request.getproxies().get(
+        scheme
+    )
+    if proxy and not _is_loopback(host) and not urllib.request.proxy_bypass(host):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        scheme, host = parsed.scheme, parsed.hostname or ""
+    return host, parsed.port or (443 if scheme == "https" else 80)
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when a TCP connection to the server at ``url`` (or its proxy) opens within
+    ``timeout`` seconds (name lookup included), else why not."""
+    host, port = probe_address(url)
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err.strerror or str(err) or type(err).__name__)
+
+    thread = threading.Thread(target=attempt, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -113,6 +197,7 @@ def wandb_logger(
     group: str | None = None,
     tags: Sequence[str] = (),
     resuming_from: str | None = None,
+    init_timeout: float | None = None,
     **kwargs,
 ) -> WandbLogger:
     """A WandbLogger whose run lives in ``save_dir/wandb`` and is offline without credentials.
@@ -121,9 +206,17 @@ def wandb_logger(
     single run) and the multirun sweep folder's name, so every job of a sweep is its own run in
     one group. The chosen experiment, model and data are added to ``tags``. ``resuming_from``
     (the run's ``ckpt_path``): a run continued in a folder that already holds a wandb run goes
-    on in that wandb run.
+    on in that wandb run. ``init_timeout``: seconds ``wandb.init`` may wait for the server
+    before the run falls back to offline (None: $WANDB_INIT_TIMEOUT, else 20).
     """
     resolved = resolve_wandb_mode(mode)
+    if init_timeout is None:
+        init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)
+    settings = kwargs.get("settings")
+    if settings is None or isinstance(settings, Mapping):  # a wandb.Settings is used as given
+        # a dict, not a wandb.Settings: wandb.init builds a new Settings from it on each call
+        # (it changes a Settings object it is given), so the offline fallback can reuse it
+        kwargs["settings"] = {"init_timeout": float(init_timeout), **(settings or {})}
     job_name, job_group, job_tags = _job_context()
     previous = previous_run_id(save_dir) if resuming_from else None
     if previous and "id" not in kwargs:  # the run folder's own run, continued (fcn.resume)
@@ -132,6 +225,8 @@ def wandb_logger(
     os.makedirs(save_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
+    if resolved != "online":
+        _no_wandb_telemetry()
     logger = WandbLogger(
         project=project,
         save_dir=save_dir,
@@ -141,24 +236,81 @@ def wandb_logger(
         tags=list(dict.fromkeys([*tags, *job_tags])),
         **kwargs,
     )
+    return _without_anonymous(logger)
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     if logger._wandb_init.get("anonymous") is None:  # wandb warns about the unused setting
-        logger._wandb_init.pop("anonymous")
+        logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def _no_wandb_telemetry() -> None:
+    """Keep wandb's own usage and error reports (sent to the wandb server at the end of a run,
+    offline runs included) off the network; set before the first ``wandb.init``."""
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+
+
+def _drop_wandb_reports() -> None:
+    """After a failed online start: drop wandb's usage reports, which it would otherwise send
+    to the same unresponsive server at exit (up to 10 s a request)."""
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy as reports
+    except ImportError:  # another wandb version
+        return
+    reports.disable()
+    if hasattr(reports, "_check_server_supports_open_telemetry_proxy"):  # wandb 0.31: the
+        # question each run's reporter asks the server once, before its first report
+        reports._check_server_supports_open_telemetry_proxy = lambda *args: False
+
+
+def _offline(logger: WandbLogger) -> WandbLogger:
+    """The same run, logged offline into its ``<save_dir>/wandb``."""
+    _no_wandb_telemetry()
+    init = dict(logger._wandb_init, mode="offline")
+    return _without_anonymous(WandbLogger(save_dir=init.pop("dir"), **init))
+
+
+def _go_online(logger: WandbLogger) -> WandbLogger:
+    """Start an online run, or say why not and return the same run offline."""
+    if rank_zero_only.rank != 0:  # only rank zero starts the run
+        return logger
+    url = wandb_base_url()
+    settings = logger._wandb_init.get("settings") or {}
+    if not isinstance(settings, Mapping):  # a wandb.Settings
+        settings = {"init_timeout": settings.init_timeout}
+    timeout = settings.get("init_timeout", 90.0)  # 90: wandb's default
+    log.info(
+        "wandb: connecting to %s (logger.wandb.init_timeout=%g s; falls back to offline)",
+        url,
+        timeout,
+    )
+    if why := reachable(url):
+        where = os.path.join(logger._wandb_init["dir"], "wandb")
+        log.warning(
+            "wandb: cannot reach %s (%s); falling back to offline, into %s (upload it later: "
+            "wandb sync %s/offline-run-*)",
+            *(url, why, where, where),
+        )
+        return _offline(logger)
+    try:
+        logger.experiment  # noqa: B018 - starts the run (rank zero only)
+    except Exception as err:  # wandb raises many types when the service is unreachable
+        log.warning("wandb could not go online (%s); falling back to offline", err)
+        _drop_wandb_reports()
+        return _offline(logger)
     return logger
 
 
 def start_loggers(loggers: list[Logger]) -> list[Logger]:
-    """Start each wandb run now; an online run that cannot start falls back to offline."""
-    started = []
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._wandb_init.get("mode") == "online":
-            try:
-                logger.experiment  # noqa: B018 - starts the run (rank zero only)
-            except Exception as err:  # wandb raises many types when the service is unreachable
-                log.warning("wandb could not go online (%s); logging offline instead", err)
-                init = dict(logger._wandb_init, mode="offline")
-                logger = WandbLogger(save_dir=init.pop("dir"), **init)
-        started.append(logger)
-    return started
+    """Start each wandb run now; an online run whose server cannot be reached (a TCP check of
+    a few seconds) or whose ``wandb.init`` fails or times out falls back to offline."""
+    return [
+        _go_online(logger)
+        if isinstance(logger, WandbLogger) and logger._wandb_init.get("mode") == "online"
+        else logger
+        for logger in loggers
+    ]
 
 
 def finish_wandb() -> None:
