@@ -77,8 +77,10 @@ def read_overrides(path: Path) -> list[str]:
         raise DataError(f"{path}: {str(err).splitlines()[0]}") from None
     for text, override in zip(overrides, parsed, strict=True):
         parts = override.key_or_group.replace("/", ".").split(".")
-        if parts[0] == "hydra" or any(p in CODE_KEYS for p in parts) or _names_code(
-            override.value()
+        if (
+            parts[0] == "hydra"
+            or any(p in CODE_KEYS for p in parts)
+            or _names_code(override.value())
         ):
             raise DataError(
                 f"{path}: the override {text!r} would choose code to run or change Hydra "
