@@ -55,7 +55,7 @@ def build_tree(root: Path, n: int) -> None:
 
 
 class PlainResizePad:
-    """The seed's resize-and-pad with PIL and torchvision's functional transforms."""
+    """The Keras seed's resize-and-pad with PIL and torchvision's functional transforms."""
 
     def __init__(self, root: Path, ids: list[str], size: int) -> None:
         self.voc, self.ids, self.size = root / VOC_DIR, ids, size

@@ -8,7 +8,7 @@ shapes data (800 images an epoch, resize-and-pad 96, batch 16, shuffled), mean c
 non-void pixels, no validation. Both are timed over epochs 2 and 3: the hand loop in-process,
 ``fcn.train`` by the epoch wall times its own ``metrics.json`` records (everything the framework
 does per step and per epoch: Lightning's loop, logging, progress bar, loss metric, divergence
-check, checkpoints, metrics.json). Runs alternate; medians. Target (issue 7): fcn.train at least
+check, checkpoints, metrics.json). Runs alternate; medians. Target: fcn.train at least
 0.95 of the hand loop's throughput.
 """
 

@@ -7,7 +7,7 @@ Inference (eval, inference_mode) and one training step (forward, summed cross-en
 SGD momentum step) at the given size, batch 1, 21 classes, float32. Runs alternate between the
 three networks in a rotating order; medians of ``--repeats`` are printed with the ratios to the
 bare module.
-Targets (issue 7): ours `caffe` within 5% of the bare module; `same` inference >= 1.8x and
+Targets: ours `caffe` within 5% of the bare module; `same` inference >= 1.8x and
 training step >= 1.6x faster than it.
 
 ``--memory`` instead measures the peak resident memory of a training step at 500x500 for the
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fcn.metrics import SegmentationMetrics  # noqa: E402
 from fcn.models.fcn import FCN, bilinear_kernel  # noqa: E402
+from fcn.training.metrics import SegmentationMetrics  # noqa: E402
 
 
 class BareFCN8s(nn.Module):

@@ -3,7 +3,8 @@
 Reads every job folder's ``metrics.json`` and Hydra files (no wandb server needed) and writes,
 into the sweep folder, ``comparison.md`` (final and best validation metrics per job, per-class IoU
 at each job's best epoch, and the jobs that failed or did not finish) and ``loss.png`` /
-``miou.png`` (the curves of every job on common axes: the seed's two figures).
+``miou.png`` (the curves of every job on common axes: the Keras seed's two figures,
+docs/seed.md#figures).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 
 from fcn.errors import FCNError
 from fcn.files import atomic_write, write_text
-from fcn.tracking import run_name, swept_keys
+from fcn.training.tracking import run_name, swept_keys
 
 SUMMARY = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss", "train/loss")
 

@@ -15,8 +15,8 @@ from fcn.data.datamodule import check_data_args
 from fcn.errors import ConfigError
 from fcn.models.fcn import check_fcn_args
 from fcn.models.weights import WEIGHT_SOURCES
-from fcn.module import check_loss_reduction
-from fcn.optim import check_optimizer_args
+from fcn.training.module import check_loss_reduction
+from fcn.training.optim import check_optimizer_args
 
 
 def _apply(group: str, check: Callable[..., None], **values: Any) -> None:

@@ -23,9 +23,9 @@ from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import write_text
 from fcn.inference import load_model, require_data
-from fcn.metrics import METRIC_NAMES
-from fcn.module import FCNModule
-from fcn.optim import build_optimizer
+from fcn.scores import METRIC_NAMES
+from fcn.training.module import FCNModule
+from fcn.training.optim import build_optimizer
 
 log = logging.getLogger("fcn.evaluate")
 
@@ -34,7 +34,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate ``cfg.ckpt_path`` on ``cfg.data``'s validation split; return the metrics."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
-    net = load_model(cfg, cfg.ckpt_path).net  # completes cfg.model / cfg.data from the file
+    loaded = load_model(cfg, cfg.ckpt_path)
+    net, cfg = loaded.net, loaded.config  # model and data completed from the file
     require_data(cfg, cfg.ckpt_path)
     out = Path(cfg.output_file)
     if out.exists() and not cfg.overwrite:
@@ -83,7 +84,7 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""

@@ -1,4 +1,5 @@
-"""The seed's comparison figure: ``python -m fcn.figure 'checkpoints=[a,b,c]' 'images=[0,5]'``.
+"""The Keras seed's comparison figure (docs/seed.md#figures):
+``python -m fcn.figure 'checkpoints=[a,b,c]' 'images=[0,5]'``.
 
 For each chosen validation image: the image, its true label, and every checkpoint's prediction
 at the image's own size, titled with the model's name and that image's pixel accuracy and mean
@@ -21,13 +22,13 @@ from torch.utils.data import Dataset
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.inference import (
     LoadedModel,
-    fill_from_checkpoint,
+    completed_config,
     load_model,
     pick_device,
     predict_mask,
     require_data,
 )
-from fcn.metrics import scores_from_confusion
+from fcn.scores import scores_from_confusion
 from fcn.viz import FigureRow, draw_comparison
 
 log = logging.getLogger("fcn.figure")
@@ -86,7 +87,7 @@ def make_figure(cfg: DictConfig) -> Path:
             {"model": None, "data": {"num_classes": None, "normalization": None}}
         )
         models.append(load_model(model_cfg, path))
-    fill_from_checkpoint(cfg, models[0].run_config, paths[0])  # the data: the first one's
+    cfg = completed_config(cfg, models[0].run_config, paths[0])  # the data: the first one's
     require_data(cfg, paths[0])
     device = pick_device(cfg.device)
     num_classes = int(cfg.data.num_classes)
@@ -108,13 +109,17 @@ def make_figure(cfg: DictConfig) -> Path:
         scores = [image_scores(label, p, num_classes) for p in preds]
         rows.append(FigureRow(title, image, label, preds, scores))
         log.info("%s: %s", title, ", ".join(f"acc {a:.3f} mIoU {m:.3f}" for a, m in scores))
-    names = cfg.data.class_names or [f"class_{i}" for i in range(num_classes)]
+    names = (
+        cfg.data.class_names
+        or getattr(dataset, "class_names", None)
+        or [f"class_{i}" for i in range(num_classes)]
+    )
     draw_comparison(rows, _column_names(models), list(names), out_file, cfg.overwrite)
     print(f"written to {out_file}")
     return out_file
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="figure")
+@hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="figure")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""

@@ -9,6 +9,7 @@ reference port, ``data.normalization=caffe``.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,13 +21,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fcn.checkpoint import read_checkpoint
 from fcn.config_checks import check_model_config
 from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
-from fcn.metrics import predicted_classes
 from fcn.models.fcn import FCN
-from fcn.models.weights import load_fcn_state, read_checkpoint
+from fcn.models.weights import load_fcn_state
+from fcn.scores import predicted_classes
 from fcn.stored_config import check_stored_config
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class LoadedModel:
     class_names: list[str]
     path: Path
     run_config: dict | None  # the run config stored in the file (None for bare weights)
+    config: DictConfig  # the config given to load_model, model and data completed from the file
 
     @cached_property
     def to_tensor(self) -> ToTensor:
@@ -60,17 +63,19 @@ def _complete(given: DictConfig | None, stored: dict | None) -> DictConfig:
     return OmegaConf.merge(OmegaConf.create(stored or {}), overrides)
 
 
-def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> None:
-    """Complete ``cfg``'s ``model`` and ``data`` in place from a checkpoint's stored run config.
+def completed_config(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> DictConfig:
+    """A copy of ``cfg`` whose ``model`` and ``data`` are completed from a checkpoint's stored
+    run config (``cfg`` itself is left as it is).
 
     A ``model`` / ``data`` chosen whole (``model=fcn8``, ``data=seg11valid``: configs with a
     ``_target_``) is kept. Otherwise the checkpoint's is used, with any keys given set over it
     (``+data.num_workers=8``; null keys keep the stored value). ``data.num_classes`` /
     ``normalization`` / ``class_names`` still missing become 21, torchvision and (for 21
-    classes) the VOC names.
+    classes) the VOC names. The stored config is checked first (:mod:`fcn.stored_config`).
     """
     stored = check_stored_config(stored, ckpt_path) or {}
     trained_with = (stored.get("data") or {}).get("normalization")
+    cfg = copy.deepcopy(cfg)  # a copy of the whole tree: interpolations keep their root
     with open_dict(cfg):
         cfg.data = _complete(cfg.get("data"), stored.get("data"))
         for key, default in DATA_DEFAULTS.items():
@@ -90,6 +95,7 @@ def fill_from_checkpoint(cfg: DictConfig, stored: dict | None, ckpt_path: str) -
             "file): choose the network, e.g. model=fcn8 (with data.normalization=caffe for the "
             "reference port's *_from_caffe.pth)"
         )
+    return cfg
 
 
 def require_data(cfg: DictConfig, ckpt_path: str) -> None:
@@ -102,16 +108,19 @@ def require_data(cfg: DictConfig, ckpt_path: str) -> None:
 
 
 def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
-    """The network of ``ckpt_path`` (completing ``cfg`` as :func:`fill_from_checkpoint`), with
-    every layer taken from the file, in eval mode on the CPU."""
+    """The network of ``ckpt_path``, every layer taken from the file, in eval mode on the CPU,
+    with ``cfg`` completed from the file (:func:`completed_config`; ``cfg`` is not changed)."""
     state, stored = read_checkpoint(ckpt_path)
     stored = check_stored_config(stored, ckpt_path)
-    fill_from_checkpoint(cfg, stored, ckpt_path)
-    check_model_config(cfg.model)
-    net: FCN = instantiate(cfg.model)
+    completed = completed_config(cfg, stored, ckpt_path)
+    check_model_config(completed.model)
+    net: FCN = instantiate(completed.model)
     load_fcn_state(net, state, ckpt_path, strict=True)
-    names = cfg.data.class_names or [f"class_{i}" for i in range(net.num_classes)]
-    return LoadedModel(net.eval(), cfg.data.normalization, list(names), Path(ckpt_path), stored)
+    data = completed.data
+    names = data.class_names or [f"class_{i}" for i in range(net.num_classes)]
+    return LoadedModel(
+        net.eval(), data.normalization, list(names), Path(ckpt_path), stored, completed
+    )
 
 
 def pick_device(name: str = "auto") -> torch.device:

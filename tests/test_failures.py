@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fcn.module import diverged_message
+from fcn.training.module import diverged_message
 from tests.conftest import TINY, run_train
 
 

@@ -18,8 +18,8 @@ from fcn.errors import ConfigError
 from fcn.export import compare_with_torch, export_onnx
 from fcn.figure import image_scores, pick_images
 from fcn.inference import load_model, predict_mask
-from fcn.metrics import scores_from_confusion
 from fcn.models import FCN
+from fcn.scores import scores_from_confusion
 from tests.conftest import run_train
 
 #: Odd sizes on purpose: 1x1, thinner than any stride, not multiples of 32.

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from fcn.metrics import SegmentationMetrics, scores_from_confusion
+from fcn.scores import scores_from_confusion
+from fcn.training.metrics import SegmentationMetrics
 
 
 def _pixels(pairs: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +99,7 @@ def test_merged_states_equal_one_process() -> None:
 
 
 def test_predicted_classes_equal_argmax_ties_included() -> None:
-    from fcn.metrics import predicted_classes
+    from fcn.scores import predicted_classes
 
     scores = torch.randn(2, 21, 37, 50)
     scores[:, 3] = scores[:, 7] = 100.0  # a tie everywhere: the first class wins, as argmax

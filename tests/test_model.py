@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fcn.models import FCN, bilinear_kernel
-from fcn.optim import build_optimizer
+from fcn.training.optim import build_optimizer
 from tests.reference_port import ReferenceFCN
 
 VARIANTS = {
@@ -195,6 +195,7 @@ def _gmac(alignment: str, height: int, width: int) -> float:
 
 
 def test_compute_cost_is_the_papers_and_same_alignment_is_cheaper() -> None:
-    assert _gmac("caffe", 500, 500) == pytest.approx(181, rel=0.01)  # REFERENCE.md section 1
+    # 181 GMAC: docs/paper.md#size-and-compute
+    assert _gmac("caffe", 500, 500) == pytest.approx(181, rel=0.01)
     caffe, same = _gmac("caffe", 375, 500), _gmac("same", 375, 500)
     assert same / caffe < 0.6  # 147 vs 83 GMAC on a VOC-sized image

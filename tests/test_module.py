@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from fcn.data.transforms import pad_collate
 from fcn.models import FCN
-from fcn.module import FCNModule, segmentation_loss
-from fcn.optim import build_optimizer, parameter_groups
+from fcn.training.module import FCNModule, segmentation_loss
+from fcn.training.optim import build_optimizer, parameter_groups
 
 
 def test_mean_loss_averages_over_non_void_pixels_and_sum_adds_them() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fcn.tracking import has_wandb_credentials, probe_address, reachable, wandb_logger
+from fcn.training.tracking import has_wandb_credentials, probe_address, reachable, wandb_logger
 from tests.conftest import REPO, TINY, run_train
 
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 hex characters, known to no server

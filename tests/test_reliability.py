@@ -16,7 +16,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fcn.checkpoints import AtomicCheckpointIO
 from fcn.config_checks import PRECISIONS, check_precision
 from fcn.data.datamodule import SegmentationDataModule
 from fcn.data.pascal import PascalDataset
@@ -27,6 +26,7 @@ from fcn.inference import load_model
 from fcn.models.fcn import FCN
 from fcn.run_folder import RunFolderGuard
 from fcn.stored_config import ALL_TARGETS
+from fcn.training.checkpoint_io import AtomicCheckpointIO
 from tests.conftest import CONF, EVAL, REPO, TINY, run_train
 from tests.seed_tree import write_pascal_tree
 
@@ -351,7 +351,7 @@ def test_bad_checkpoints_for_training_are_named(trained: Path, tmp_path: Path) -
         "foreign.ckpt": "is not a training checkpoint of fcn.train",
         "malicious.ckpt": "was refused: loading it would run code",
     }
-    from fcn.checkpoints import check_resumable
+    from fcn.checkpoint import check_resumable
 
     for name, message in expected.items():  # the check fcn.train makes before anything else
         with pytest.raises(DataError, match=re.escape(message)) as info:

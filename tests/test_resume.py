@@ -82,10 +82,10 @@ def test_checkpoints_are_written_whole_or_not_at_all(
 ) -> None:
     """The Trainer's checkpoint writer (AtomicCheckpointIO, in train.py) writes beside the
     target and renames: a write cut off half way leaves the previous file as it was."""
-    import fcn.checkpoints
+    import fcn.training.checkpoint_io
 
     target = tmp_path / "last.ckpt"
-    writer = fcn.checkpoints.AtomicCheckpointIO()
+    writer = fcn.training.checkpoint_io.AtomicCheckpointIO()
     writer.save_checkpoint({"step": torch.tensor(1)}, target)
     real_save = torch.save
 
@@ -94,7 +94,7 @@ def test_checkpoints_are_written_whole_or_not_at_all(
         f.truncate(f.tell() // 2)
         raise OSError("killed while writing")
 
-    monkeypatch.setattr(fcn.checkpoints.torch, "save", cut_off)
+    monkeypatch.setattr(fcn.training.checkpoint_io.torch, "save", cut_off)
     with pytest.raises(OSError, match="killed"):
         writer.save_checkpoint({"step": torch.tensor(2), "more": torch.zeros(1000)}, target)
     monkeypatch.undo()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fcn.models import FCN
-from fcn.module import FCNModule
-from fcn.optim import build_optimizer
+from fcn.training.module import FCNModule
+from fcn.training.optim import build_optimizer
 from tests.conftest import TINY, run_train
 
 ARGS = [*TINY, "trainer.max_epochs=2", "logger=none"]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fcn.compare import read_sweep
-from fcn.tracking import run_name
+from fcn.training.tracking import run_name
 from tests.conftest import TINY, run_train
 from tests.wandb_records import records, summary
 

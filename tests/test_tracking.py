@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fcn.tracking import finish_wandb, resolve_wandb_mode, start_loggers, wandb_logger
+from fcn.training.tracking import finish_wandb, resolve_wandb_mode, start_loggers, wandb_logger
 
 
 @pytest.fixture

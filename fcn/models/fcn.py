@@ -11,12 +11,12 @@ Two alignments:
 
 - ``caffe``: the reference computation. conv1_1 pads by 100, pools round up, fc6 is a 7x7 conv
   without padding, and every upsampled map is cropped from the top left at a fixed offset
-  (pool4 5, pool3 9; final 19 / 27 / 31). Parameter names are those of the reference PyTorch port,
-  so its ``*_from_caffe.pth`` state dicts load as they are.
-- ``same``: the seed's (Keras) design. Every conv pads to keep its size (fc6 pads 3), pools round
-  down, the input is padded internally to a multiple of 32 and every transposed conv is an exact
-  2x / 8x / 16x / 32x upsampling; the output is cropped back to the input size. About half the
-  FLOPs of ``caffe`` on VOC-sized images.
+  (pool4 5, pool3 9; final 19 / 27 / 31; docs/paper.md#crop-offsets). Parameter names are those
+  of the reference PyTorch port, so its ``*_from_caffe.pth`` state dicts load as they are.
+- ``same``: the Keras seed's design (docs/seed.md#network). Every conv pads to keep its size
+  (fc6 pads 3), pools round down, the input is padded internally to a multiple of 32 and every
+  transposed conv is an exact 2x / 8x / 16x / 32x upsampling; the output is cropped back to the
+  input size. About half the FLOPs of ``caffe`` on VOC-sized images.
 
 Both give scores with exactly the input's height and width, for every input size.
 """
@@ -31,13 +31,15 @@ from torch import Tensor, nn
 
 ALIGNMENTS = ("caffe", "same")
 SKIP_ORDER = ("pool4", "pool3")  # a variant's skips are a prefix of this
-#: Scale of each skip's input under at-once training (the reference's fixed constants).
+#: Scale of each skip's input under at-once training (the reference's fixed constants;
+#: docs/paper.md#forward-pass).
 SKIP_SCALES = {"pool4": 0.01, "pool3": 0.0001}
 #: Final upsampler per number of skips: (layer name, stride).
 FINAL_UPSCORE = {0: ("upscore", 32), 1: ("upscore16", 16), 2: ("upscore8", 8)}
 #: 2x upsamplers that bring the running score map to each skip's resolution.
 FUSE_UPSCORE = {"pool4": "upscore2", "pool3": "upscore_pool4"}
-#: Caffe alignment: top-left crop offsets of the skip scores and of the final output.
+#: Caffe alignment: top-left crop offsets of the skip scores and of the final output
+#: (derived in docs/paper.md#crop-offsets).
 CAFFE_SKIP_OFFSET = {"pool4": 5, "pool3": 9}
 CAFFE_FINAL_OFFSET = {0: 19, 1: 27, 2: 31}
 #: VGG16 stages: number of 3x3 convs, channels as a multiple of the trunk width (64 in VGG16).
@@ -45,7 +47,8 @@ VGG16_STAGES = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
-    """Weight of a transposed conv that upsamples each channel bilinearly (no cross-channel mix).
+    """Weight of a transposed conv that upsamples each channel bilinearly (no cross-channel mix;
+    docs/paper.md#bilinear-upsampling).
 
     ``w[c, c, i, j] = (1 - |i - center| / factor) * (1 - |j - center| / factor)`` with
     ``factor = (k + 1) // 2`` and ``center = factor - 1`` (k odd) or ``factor - 0.5`` (k even).
@@ -78,10 +81,10 @@ class FCN(nn.Module):
         skips: skip connections, a prefix of ``("pool4", "pool3")``: () is FCN-32s,
             ("pool4",) FCN-16s, ("pool4", "pool3") FCN-8s.
         skip_scaling: scale pool4 by 0.01 and pool3 by 0.0001 before scoring (FCN-8s at-once).
-        alignment: ``"caffe"`` (the reference computation) or ``"same"`` (the seed's design).
+        alignment: ``"caffe"`` (the reference computation) or ``"same"`` (the Keras seed's design).
         trunk_width: channels of conv1 (VGG16: 64); later stages use 2x, 4x, 8x, 8x this.
         fc_width: channels of fc6 and fc7 (VGG16: 4096).
-        dropout: dropout rate after fc6 and fc7 (paper 0.5, seed 0.2).
+        dropout: dropout rate after fc6 and fc7 (paper 0.5, Keras seed 0.2).
     """
 
     def __init__(

@@ -6,14 +6,13 @@ code from a file.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from fcn.checkpoint import read_weights
 from fcn.errors import DataError
 from fcn.models.fcn import FCN
 
@@ -23,70 +22,6 @@ VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 #: Layers a staged run may add to the file it starts from (the paper's 32s -> 16s -> 8s).
 SKIP_SCORES = ("score_pool4", "score_pool3")
-
-
-def load_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
-    """``torch.load`` weights-only, every failure a :class:`DataError` naming the file and what
-    it is (missing, a folder, empty, truncated, not a PyTorch file, or holding code)."""
-    path = Path(path).expanduser()
-    if path.is_symlink() and not path.exists():
-        raise DataError(f"{path} is a broken symbolic link (or a link loop)")
-    if not path.exists():
-        raise DataError(f"checkpoint or weights file not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not a checkpoint or weights file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty (0 bytes): not a checkpoint or weights file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise DataError(
-                f"{path} was refused: loading it would run code it names (pickled objects other "
-                "than tensors and plain containers), and files are read weights-only"
-            ) from None
-        raise DataError(f"cannot read {path}: {_first_line(err)} (not a PyTorch file?)") from None
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise DataError(
-            f"cannot read {path}: {_first_line(err)} (a truncated or foreign file, not a "
-            "PyTorch checkpoint?)"
-        ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an error's message (torch's run to several paragraphs)."""
-    text = str(err).strip()
-    first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
-    return first[:200]
-
-
-#: Key under which our checkpoints store their run's resolved config (plain containers).
-CONFIG_KEY = "fcn_config"
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
-    """The state dict of a weights file, and the run config stored in it (our Lightning
-    checkpoints carry one; bare state dicts and the reference port's files do not: None).
-
-    Accepts a bare state dict, a ``{"model_state_dict": ...}`` file (the reference port) or a
-    Lightning checkpoint (``state_dict`` with ``net.`` prefixes).
-    """
-    obj = load_file(path)
-    config = obj.get(CONFIG_KEY) if isinstance(obj, Mapping) else None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        inner = obj["state_dict"]
-        state = {k.removeprefix("net."): v for k, v in inner.items() if k.startswith("net.")}
-        return state, config
-    if isinstance(obj, Mapping) and "model_state_dict" in obj:
-        obj = obj["model_state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise DataError(f"{path} holds no state dict of tensors")
-    return dict(obj), config
-
-
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of a weights file (see :func:`read_checkpoint`)."""
-    return read_checkpoint(path)[0]
 
 
 def load_fcn_weights(net: FCN, path: str | Path, strict: bool = False) -> list[str]:

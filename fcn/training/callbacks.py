@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from fcn.data.labels import IGNORE_INDEX
 from fcn.errors import DataError
 from fcn.files import write_text
-from fcn.metrics import predicted_classes
+from fcn.scores import predicted_classes
 
 log = logging.getLogger(__name__)
 

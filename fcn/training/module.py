@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -15,22 +13,21 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
+from fcn.checkpoint import CONFIG_KEY, RNG_KEY, rng_states, set_rng_states
 from fcn.data.labels import IGNORE_INDEX
 from fcn.errors import FCNError
-from fcn.metrics import METRIC_NAMES, SegmentationMetrics
-from fcn.models.weights import CONFIG_KEY
+from fcn.scores import METRIC_NAMES
+from fcn.training.metrics import SegmentationMetrics
 
 LOSS_REDUCTIONS = ("mean", "sum")
-#: Key of the random states in our checkpoints.
-RNG_KEY = "fcn_rng_states"
 
 
 def segmentation_loss(scores: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     """Cross-entropy over pixels whose label is not 255.
 
-    Returns ``(loss, valid)``: the loss reduced as asked (``mean`` over valid pixels as the seed,
-    ``sum`` as the paper) and the number of valid pixels. With no valid pixel the loss is 0 (with
-    a gradient graph), not NaN.
+    Returns ``(loss, valid)``: the loss reduced as asked (``mean`` over valid pixels as the Keras
+    seed, ``sum`` as the paper) and the number of valid pixels. With no valid pixel the loss is 0
+    (with a gradient graph), not NaN.
     """
     total = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="sum")
     valid = (target != IGNORE_INDEX).sum()
@@ -64,17 +61,17 @@ class TrainingDiverged(FCNError):
 def diverged_message(
     loss: float, step: int, epoch: int, lr: float | None, loss_reduction: str
 ) -> str:
-    """What happened, where, and the likely cause (REFERENCE.md section 4)."""
+    """What happened, where, and the likely cause (docs/paper.md#loss-normalisation)."""
     where = f"the training loss is {loss} at step {step} (epoch {epoch})"
     setting = f"optimizer.lr={lr:g} with module.loss_reduction={loss_reduction}" if lr else ""
     if loss_reduction == "sum" and lr is not None and lr > 1e-8:
         cause = (
             "a summed loss grows with the number of pixels in a batch, so it needs the paper's "
             "tiny learning rates (1e-10, 1e-12, 1e-14): lower optimizer.lr, or use "
-            "module.loss_reduction=mean with rates like the seed's 1e-4"
+            "module.loss_reduction=mean with rates like the Keras seed's 1e-4"
         )
     elif lr is not None and lr > 1e-2:
-        cause = "the learning rate is high even for a mean loss (the seed uses Adam at 1e-4)"
+        cause = "the learning rate is high even for a mean loss (the Keras seed uses Adam at 1e-4)"
     else:
         cause = (
             "look for NaN or infinite values in the data, or try a lower optimizer.lr or "
@@ -83,34 +80,14 @@ def diverged_message(
     return f"{where}; {setting}: {cause}"
 
 
-def rng_states() -> dict[str, Any]:
-    """The global random states of torch, numpy and Python, as tensors and plain containers
-    (a checkpoint holding them stays loadable weights-only)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` captured."""
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
 class FCNModule(pl.LightningModule):
     """Trains an FCN with cross-entropy; validates with the paper's metrics.
 
     Args:
         net: the network (:class:`fcn.models.FCN`).
-        optimizer: ``net -> Optimizer`` (``fcn.optim.build_optimizer`` with its settings bound).
+        optimizer: ``net -> Optimizer`` (``fcn.training.optim.build_optimizer``, settings bound).
         scheduler: ``Optimizer -> LRScheduler`` stepped once per epoch, or None for a fixed rate.
-        loss_reduction: ``"mean"`` over valid pixels (seed) or ``"sum"`` (paper).
+        loss_reduction: ``"mean"`` over valid pixels (Keras seed) or ``"sum"`` (paper).
         class_names: names used in the per-class IoU metrics ``val/IoU/<name>``.
         run_config: the run's resolved config (plain containers), stored in every checkpoint so
             that ``fcn.evaluate`` / ``fcn.predict`` rebuild the network and data without options.
