@@ -25,6 +25,7 @@ GROUPS = {
         "trainer",
         "logger",
         "callbacks",
+        "debug",
     )
 }
 GROUPS["experiment"] = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -67,7 +68,7 @@ def test_every_option_composes_and_builds(group: str, option: str, tmp_path: Pat
         instantiate(cfg.scheduler)(optimizer)
     if cfg.data.train_set._target_.endswith("ShapesDataset"):
         dm = instantiate(cfg.data)
-        assert dm.class_names == list(cfg.data.class_names)
+        assert dm.class_names == list(dm.val_set.dataset.class_names)  # the dataset's own
     for logger_cfg in (cfg.logger or {}).values():
         assert logger_cfg._target_
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]

@@ -108,7 +108,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     Args:
         train_set, val_set: the datasets (e.g. ``ShapesDataset``, ``SeedVOC``); ``train_set``
             may be None when only validating (``fcn.evaluate``, ``fcn.figure``).
-        num_classes, class_names: the label set; the model and the metrics take them from here.
+        num_classes, class_names: the label set; the model and the metrics take them from here
+            (``class_names`` None: the validation dataset's own ``class_names``).
         train_transform, val_transform: albumentations transforms (``image=``, ``mask=``), or
             None to keep images as they are; batches of different sizes are padded bottom/right
             (label 255) by :func:`pad_collate`.
@@ -143,6 +144,13 @@ class SegmentationDataModule(pl.LightningDataModule):
                 raise DataError(f"the {split} split is empty: no image is listed in {where}")
         warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
+        if not class_names:  # the datasets name their classes
+            class_names = getattr(val_set, "class_names", None)
+            if class_names is not None and len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names: the dataset names {len(class_names)} classes, "
+                    f"num_classes is {num_classes}"
+                )
         self.class_names = list(class_names) if class_names else None
         to_tensor = ToTensor(normalization)
         self.train_set = (

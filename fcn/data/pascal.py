@@ -9,7 +9,7 @@ Under ``root`` (``paths.data_dir``)::
     benchmark_RELEASE/dataset/cls/<id>.mat                 GTcls.Segmentation, no 255
     benchmark_RELEASE/dataset/{train,val}.txt
 
-Splits (REFERENCE.md section 3):
+Splits (docs/paper.md#splits):
 
     voc2012_train / voc2012_val   1,464 / 1,449   VOC labels
     sbd_train / sbd_val           8,498 / 2,857   SBD labels

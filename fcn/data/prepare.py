@@ -1,14 +1,14 @@
 """Download, verify and lay out Pascal VOC 2012 and SBD: ``python -m fcn.data.prepare``.
 
     python -m fcn.data.prepare                      # download + extract both into data/
-    python -m fcn.data.prepare --layout seed        # ... and build data/voc_seed/ (the seed's)
+    python -m fcn.data.prepare --layout seed        # ... and build data/voc_seed/ (Keras seed's)
     python -m fcn.data.prepare --check              # verify what is there, download nothing
 
 Archives go to ``<root>/downloads/`` through a ``.part`` file that is renamed only once its MD5
 matches, so an interrupted download is never taken for a whole one; a re-run skips whatever is
 already downloaded (and verified) and extracted. The native layout (``VOCdevkit/``,
 ``benchmark_RELEASE/``) serves ``data=voc2012|sbd|voc_aug|seg11valid``; ``--layout seed`` links
-the seed's files into ``voc_seed/`` for ``data=voc_seed``.
+the files of the Keras seed's split (docs/seed.md#split) into ``voc_seed/`` for ``data=voc_seed``.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def extract(archive: Path, source: Source, root: Path) -> None:
 
 
 def build_seed_layout(root: Path, splits_dir: Path = SEED_SPLITS) -> Path:
-    """Link the seed's split into ``root/voc_seed/`` from the native VOC and SBD trees."""
+    """Link the Keras seed's split into ``root/voc_seed/`` from the native VOC and SBD trees."""
     out = root / "voc_seed"
     plan = []
     for list_name, source in (("train_mat", "sbd"), ("val_mat", "sbd"), ("train_png", "voc")):
@@ -142,8 +142,8 @@ def build_seed_layout(root: Path, splits_dir: Path = SEED_SPLITS) -> Path:
     missing = [str(src) for src, _ in plan if not src.is_file()]
     if missing:
         raise DataError(
-            f"{len(missing)} file(s) of the seed's split are missing from the downloaded data, "
-            f"e.g. {', '.join(missing[:3])}"
+            f"{len(missing)} file(s) of the Keras seed's split are missing from the downloaded "
+            f"data, e.g. {', '.join(missing[:3])}"
         )
     for src, dst in tqdm(plan, desc="building voc_seed", unit="file"):
         if dst.exists():
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--datasets", nargs="+", choices=sorted(SOURCES), default=sorted(SOURCES))
     parser.add_argument("--layout", choices=("native", "seed"), default="native",
-                        help="seed: also build voc_seed/ for data=voc_seed")  # fmt: skip
+                        help="seed: also build voc_seed/ (the Keras seed's split) for "
+                             "data=voc_seed")  # fmt: skip
     parser.add_argument("--check", action="store_true", help="only verify what is there")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloads/ afterwards")
     parser.add_argument("--seed-splits", type=Path, default=SEED_SPLITS, help=argparse.SUPPRESS)

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from fcn.data.labels import IGNORE_INDEX
 
-#: Input normalisation per weight source (REFERENCE.md section 2): (channel order, mean, std),
-#: mean and std in 0-255 units of that channel order. Mixing a weight source with another's
-#: normalisation fails silently, so the weights config names its preset.
+#: Input normalisation per weight source (docs/paper.md#input-normalisation): (channel order,
+#: mean, std), mean and std in 0-255 units of that channel order. Mixing a weight source with
+#: another's normalisation fails silently, so the weights config names its preset.
 NORMALIZATIONS = {
     "torchvision": ("rgb", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
     "caffe": ("bgr", (104.00698793, 116.66876762, 122.67891434), (1.0, 1.0, 1.0)),
@@ -34,8 +34,9 @@ def _positive(name: str, value: int) -> None:
 
 
 def resize_and_pad(size: int) -> A.Compose:
-    """The seed's input pipeline: scale the longer side to ``size`` (labels nearest), then pad
-    both sides equally to ``size x size`` (image 0, label 255 so that the pad is ignored)."""
+    """The Keras seed's input pipeline (docs/seed.md#input-pipeline): scale the longer side to
+    ``size`` (labels nearest), then pad both sides equally to ``size x size`` (image 0, label 255
+    so that the pad is ignored)."""
     _positive("size", size)
     return A.Compose(
         [

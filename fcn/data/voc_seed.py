@@ -1,6 +1,7 @@
-"""The seed's data: SBD plus the 676 VOC2012 images SBD lacks (10,831 train / 1,200 val).
+"""The Keras seed's data: SBD plus the 676 VOC2012 images SBD lacks (10,831 train / 1,200 val;
+docs/seed.md#split).
 
-Layout under ``root`` (the seed's ``data/`` folder)::
+Layout under ``root`` (the Keras seed's ``data/`` folder)::
 
     images_mat/<id>.jpg   labels_mat/<id>.mat    SBD images and GTcls labels
     images_png/<id>.jpg   labels_png/<id>.png    VOC2012 images and palette labels
@@ -27,7 +28,7 @@ LAYOUT = ("images_mat", "labels_mat", "images_png", "labels_png")
 
 
 class SeedVOC(Dataset):
-    """One split of the seed's data; item ``i`` is ``(image HxWx3 uint8, label HxW uint8)``.
+    """One split of the Keras seed's data; item ``i`` is ``(image HxWx3 uint8, label HxW uint8)``.
 
     Raises :class:`DataError` at construction when the folder or any listed file is missing.
     """
@@ -39,14 +40,14 @@ class SeedVOC(Dataset):
     ):
         if split not in SPLIT_FILES:
             raise DataError(
-                f"unknown split {split!r} of the seed's data: use one of {list(SPLIT_FILES)}"
+                f"unknown split {split!r} of the Keras seed's data: use one of {list(SPLIT_FILES)}"
             )
         self.root = Path(root).expanduser().resolve()
         self.split = split
         splits_dir = Path(splits_dir) if splits_dir else SPLITS_DIR
         if not self.root.is_dir():
             raise DataError(
-                f"the seed's VOC data was not found: expected the folder {self.root} holding "
+                f"the Keras seed's VOC data was not found: expected the folder {self.root} holding "
                 f"{', '.join(d + '/' for d in LAYOUT)}. Download and build it with "
                 f"`python -m fcn.data.prepare --root {self.root.parent} --layout seed`, point "
                 "paths.data_dir (or FCN_DATA_DIR) at its parent, or try the built-in data: "
@@ -65,7 +66,7 @@ class SeedVOC(Dataset):
         if missing:
             shown = "\n  ".join(missing[:5])
             raise DataError(
-                f"{len(missing)} file(s) of the seed's {split} split are missing under "
+                f"{len(missing)} file(s) of the Keras seed's {split} split are missing under "
                 f"{self.root}, e.g.:\n  {shown}"
             )
 
