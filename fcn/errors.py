@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-from hydra.errors import InstantiationException
 
 T = TypeVar("T")
 
@@ -34,25 +33,58 @@ def user_message(err: BaseException) -> str:
 
 
 def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T]:
-    """Wrap an entry point's task: a user error (also one raised while Hydra instantiates a
-    ``_target_``) prints ``error: <message>`` to stderr and exits with status 1."""
+    """Wrap an entry point's task: a user error prints ``error: <message>`` to stderr and exits
+    with status 1; anything else (a bug) keeps its traceback.
+
+    User errors: :class:`FCNError`; a ``_target_`` that Hydra could not call with the config's
+    keys, or whose own argument check refused a value; a write that found the disk full.
+    """
 
     @functools.wraps(task)
     def run(cfg: Any) -> T:
         try:
             return task(cfg)
-        except FCNError as err:
-            print(f"error: {user_message(err)}", file=sys.stderr)
-        except InstantiationException as err:
-            cause = err.__cause__ if isinstance(err.__cause__, FCNError) else err
-            print(f"error: {user_message(cause)}", file=sys.stderr)
         except Exception as err:
-            from fcn.files import disk_full_message, is_disk_full, no_space_error
-
-            if not is_disk_full(err):
+            message = user_error_message(err)
+            if message is None:
                 raise
-            where = getattr(no_space_error(err), "filename", None) or "a file"
-            print(f"error: {disk_full_message(where, err)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
     return run
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of a user error, or None when ``err`` is not one (a bug)."""
+    if isinstance(err, FCNError):
+        return user_message(err)
+    from hydra.errors import InstantiationException
+
+    if isinstance(err, InstantiationException):
+        cause = err.__cause__
+        if isinstance(cause, FCNError):
+            return user_message(cause)
+        if isinstance(cause, TypeError | ValueError) and _raised_by_the_call(cause):
+            target = re.search(r"target '([^']+)'", str(err))
+            return f"cannot build {target[1] if target else 'a component'}: {cause}"
+    from fcn.files import disk_full_message, no_space_error
+
+    full = no_space_error(err)
+    if full is not None:
+        return disk_full_message(full.filename or "a file", err)
+    return None
+
+
+def _raised_by_the_call(err: BaseException) -> bool:
+    """True when ``err`` came from calling a target with the config's arguments (Hydra's own
+    frame is the last: keys the target does not take) or from fcn's own argument checks (a
+    ValueError raised in fcn's code), not from deeper inside a constructor."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    if "/hydra/_internal/instantiate/" in where:
+        return True
+    return isinstance(err, ValueError) and "/fcn/" in where and "/site-packages/" not in where

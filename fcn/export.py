@@ -121,7 +121,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""

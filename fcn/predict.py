@@ -178,7 +178,7 @@ def predict(cfg: DictConfig) -> int:
     return len(failed)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a user error ends with its message alone and exit status 1, as does

@@ -18,11 +18,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
-from fcn.checkpoints import AtomicCheckpointIO, check_resumable
+from fcn.checkpoint import check_resumable
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import write_text
@@ -30,7 +30,9 @@ from fcn.models.weights import init_weights
 from fcn.resume import RESUME_SOURCE_ENV
 from fcn.run_folder import clear_training_results, is_secondary_process
 from fcn.stored_config import check_run_targets
-from fcn.tracking import finish_wandb, start_loggers
+from fcn.training.checkpoint_io import AtomicCheckpointIO
+from fcn.training.summary import run_summary, silence_lightning_tips
+from fcn.training.tracking import finish_wandb, start_loggers
 
 log = logging.getLogger("fcn.train")
 # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every step.
@@ -39,6 +41,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return the best ``val/mIoU`` (None before any validation)."""
+    silence_lightning_tips()
     check_config(cfg)
     _refuse_multirun_ddp(cfg)
     if os.environ.get(RESUME_SOURCE_ENV):  # options read from a run folder's file (fcn.resume)
@@ -54,6 +57,8 @@ def train(cfg: DictConfig) -> float | None:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    with open_dict(cfg):  # recorded with the run (and in its checkpoints) for inference
+        cfg.data.class_names = datamodule.class_names
     net = instantiate(cfg.model)
     if cfg.ckpt_path is None:
         new = init_weights(net, cfg.weights.source, cfg.weights.path)
@@ -90,8 +95,20 @@ def train(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if best is None:
         best = trainer.callback_metrics.get("val/mIoU")
-    log.info("run folder: %s", output_dir)
+    _report(cfg, output_dir)
     return float(best) if best is not None else None
+
+
+@rank_zero_only
+def _report(cfg: DictConfig, output_dir: Path) -> None:
+    """Print the end-of-run summary (from metrics.json), or the run folder alone."""
+    metrics = ((cfg.get("callbacks") or {}).get("metrics_file") or {}).get("path")
+    if not metrics or not Path(metrics).is_file():
+        log.info("run folder: %s", output_dir)
+        return
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep = Path(HydraConfig.get().sweep.dir) if multirun else None
+    print(run_summary(Path(metrics), output_dir, sweep), flush=True)
 
 
 def _refuse_multirun_ddp(cfg: DictConfig) -> None:
@@ -123,7 +140,7 @@ def _save_config(resolved: dict, output_dir: Path) -> None:
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; a user error ends with its message alone and exit status 1."""

@@ -40,6 +40,15 @@ def test_built_in_job_trains_validates_and_leaves_its_run_folder(workdir: Path) 
     assert "net.score_pool3.weight" in ckpt["state_dict"] and ckpt["epoch"] == 1
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, "wandb must run offline without credentials"
+    # The end of the run says what happened and where to go on; no advertisement.
+    best = metrics["best"]
+    out = proc.stdout
+    assert f"best val/mIoU {best['val/mIoU']:.4f} at epoch {best['epoch'] + 1}" in out
+    assert f"final val/mIoU {metrics['final']['val/mIoU']:.4f} at epoch 2" in out
+    assert f"run folder:      {run}" in out
+    assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in out
+    assert f"python -m fcn.evaluate ckpt_path={metrics['best_checkpoint']}" in out
+    assert "Tip" not in out + proc.stderr and "litlogger" not in out + proc.stderr
 
 
 def test_seed_is_honoured_including_zero(workdir: Path) -> None:

@@ -1,0 +1,1 @@
+"""The named experiments, installed as fcn.conf.experiment: Hydra's `experiment` group."""
