@@ -1,4 +1,5 @@
-"""Pictures of segmentations: VOC-palette masks, overlays, and the seed's side-by-side figure."""
+"""Pictures of segmentations: VOC-palette masks, overlays, and the Keras seed's side-by-side
+figure (docs/seed.md#figures)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def draw_comparison(
     path: Path,
     replace: bool = True,
 ) -> None:
-    """The seed's figure: per row the image, its true label and each model's prediction titled
+    """The Keras seed's figure: per row the image, its true label and each model's prediction titled
     with that image's pixel accuracy and mean IoU; a legend of the classes shown. ``replace``
     False refuses an existing ``path``."""
     import matplotlib

@@ -1,4 +1,4 @@
-"""Writes a tiny tree in the seed's layout with real files: JPEG images, SBD ``GTcls`` .mat
+"""Writes a tiny tree in the Keras seed's layout with real files: JPEG images, SBD ``GTcls`` .mat
 labels and VOC palette PNG labels (with 255 borders), plus split files of its ids."""
 
 from __future__ import annotations

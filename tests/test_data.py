@@ -1,4 +1,4 @@
-"""Built-in shapes data, the seed's VOC layout, transforms and the datamodule."""
+"""Built-in shapes data, the Keras seed's VOC layout, transforms and the datamodule."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_resize_and_pad_is_the_seeds_transform() -> None:
     # the longer side (height) fills 512; the width (256) is centred: 128 pad each side
     assert (lab[:, :128] == 255).all() and (lab[:, -128:] == 255).all()
     assert (img[:, :128] == 0).all() and (img[:, 200] == 200).all()
-    # a small image is scaled up, as the seed does
+    # a small image is scaled up, as the Keras seed does
     small = resize_and_pad(64)(image=image[:10, :20], mask=label[:10, :20])
     assert small["mask"].shape == (64, 64) and (small["mask"][:16] == 255).all()
 

@@ -69,7 +69,8 @@ def test_shipped_seg11valid_is_the_papers_list() -> None:
     assert len(ids) == len(set(ids)) == 736
     seed_train = set((SPLITS_DIR / "train_mat.txt").read_text().split())
     seed_train |= set((SPLITS_DIR / "train_png.txt").read_text().split())
-    assert len(seed_train & set(ids)) == 610  # REFERENCE.md: never evaluate the seed on it
+    # docs/paper.md#overlaps: never evaluate a model trained on the Keras seed's split on it
+    assert len(seed_train & set(ids)) == 610
 
 
 def test_missing_root_and_split_list_are_named(tmp_path: Path) -> None:
