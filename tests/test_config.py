@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -41,17 +42,29 @@ def test_groups_offer_what_the_docs_promise() -> None:
     assert "quickstart" in GROUPS["experiment"]
 
 
-def test_default_is_the_paper_sized_fcn8_with_the_seeds_recipe(tmp_path: Path) -> None:
+def test_default_builds_the_paper_sized_fcn8_with_the_keras_seeds_recipe(tmp_path: Path) -> None:
+    """What the default config builds (docs/paper.md#size-and-compute, docs/seed.md#recipe):
+    the network on the meta device, its optimiser and its input pipeline."""
     cfg = compose_train([], tmp_path)
-    assert list(cfg.model.skips) == ["pool4", "pool3"] and not cfg.model.skip_scaling
-    assert (cfg.model.trunk_width, cfg.model.fc_width, cfg.model.alignment) == (64, 4096, "caffe")
-    assert cfg.model.dropout == 0.2 and cfg.module.loss_reduction == "mean"
-    assert cfg.data.train_set._target_.endswith("SeedVOC") and cfg.data.num_classes == 21
-    assert (cfg.transforms.size, cfg.data.batch_size, cfg.trainer.max_epochs) == (512, 16, 25)
-    assert cfg.data.normalization == "torchvision"
-    assert cfg.optimizer.algorithm == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
-    assert cfg.optimizer.weight_decay == 2e-6 and not cfg.scheduler
     check_config(cfg)
+    with torch.device("meta"):
+        net = instantiate(cfg.model)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert (net.variant, net.num_classes, trainable) == ("FCN-8s", 21, 134_362_751)
+    assert net.fc6.padding == (0, 0) and net.conv1_1.padding == (100, 100)  # the reference's
+    dropouts = {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout)}
+    assert dropouts == {0.2}
+    optimizer = instantiate(cfg.optimizer)(net)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert {(g["lr"], g["weight_decay"]) for g in optimizer.param_groups} <= {
+        (1e-4, 2e-6),
+        (1e-4, 0),
+    }
+    image, label = np.zeros((375, 500, 3), np.uint8), np.zeros((375, 500), np.uint8)
+    out = instantiate(cfg.transforms.train)(image=image, mask=label)
+    assert out["image"].shape == (512, 512, 3) and (out["mask"] == 255).any()  # void pad
+    assert cfg.data.train_set._target_.endswith("SeedVOC") and cfg.data.batch_size == 16
+    assert cfg.trainer.max_epochs == 25 and not cfg.scheduler
 
 
 @pytest.mark.parametrize(

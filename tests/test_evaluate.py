@@ -17,7 +17,9 @@ def test_evaluation_of_a_checkpoint_reproduces_its_validation(
     ckpt = trained / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
     args = [*EVAL, "transforms=resize_pad", "transforms.size=48", f"ckpt_path={ckpt}"]
-    proc = run_train([*args, f"hydra.run.dir={out}"], tmp_path, entry="evaluate")
+    proc = run_train(  # the one real command line of fcn.evaluate
+        [*args, f"hydra.run.dir={out}"], tmp_path, entry="evaluate", in_process=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "evaluation.json").read_text())["metrics"]
     final = json.loads((trained / "metrics.json").read_text())["final"]
@@ -28,11 +30,24 @@ def test_evaluation_of_a_checkpoint_reproduces_its_validation(
 
 
 def test_original_resolution_is_the_default(trained: Path, tmp_path: Path) -> None:
+    """Without options, evaluation scores each image at its own size, one at a time: the same
+    numbers as asking for it, and not those of the training resolution (48 px)."""
     ckpt = trained / "checkpoints" / "last.ckpt"
-    proc = run_train([*EVAL, f"ckpt_path={ckpt}", "hydra.run.dir=out"], tmp_path, entry="evaluate")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "out" / "evaluation.json").read_text())["metrics"]
-    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+    runs = {
+        "default": [],
+        "original": ["transforms=original", "batch_size=1"],
+        "resized": ["transforms=resize_pad", "transforms.size=48"],
+    }
+    metrics = {}
+    for name, extra in runs.items():
+        proc = run_train(
+            [*EVAL, f"ckpt_path={ckpt}", *extra, f"hydra.run.dir={name}"], tmp_path,
+            entry="evaluate",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics[name] = json.loads((tmp_path / name / "evaluation.json").read_text())["metrics"]
+    assert metrics["default"] == metrics["original"]
+    assert metrics["default"]["val/loss"] != metrics["resized"]["val/loss"]
 
 
 def test_mismatched_model_and_missing_checkpoint_are_named(trained: Path, tmp_path: Path) -> None:

@@ -46,9 +46,10 @@ def test_predict_writes_palette_masks_and_overlays_for_a_folder(
     images = _image_folder(tmp_path / "images")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    proc = run_train(
-        [f"ckpt_path={ckpt}", f"input={images}", f"hydra.run.dir={out}"], tmp_path, entry="predict"
-    )
+    proc = run_train(  # the one real command line of fcn.predict
+        [f"ckpt_path={ckpt}", f"input={images}", f"hydra.run.dir={out}"], tmp_path,
+        entry="predict", in_process=False,
+    )  # fmt: skip
     # The broken file is named and makes the exit status 1, after every other image is done.
     assert proc.returncode == 1 and "broken.jpg" in proc.stderr
     assert "image/s" in proc.stderr  # the progress bar
@@ -89,7 +90,9 @@ def test_export_matches_pytorch_on_two_sizes(trained: Path, tmp_path: Path) -> N
     ckpt = trained / "checkpoints" / "last.ckpt"
     out = tmp_path / "model.onnx"
     args = [f"ckpt_path={ckpt}", f"output_file={out}", "sample_size=[48,64]"]
-    proc = run_train([*args, "hydra.run.dir=export"], tmp_path, entry="export")
+    proc = run_train(  # the one real command line of fcn.export
+        [*args, "hydra.run.dir=export"], tmp_path, entry="export", in_process=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "input 224x321" in proc.stdout
     # Independently of the command's own check: two sizes, neither the traced one, batch 2.
@@ -121,7 +124,9 @@ def test_figure_draws_every_checkpoint_side_by_side(trained: Path, tmp_path: Pat
     best = next((trained / "checkpoints").glob("epoch*.ckpt"))
     out = tmp_path / "fig.png"
     args = [f"checkpoints=[{ckpt},{best}]", "images=[0,3]", f"output_file={out}"]
-    proc = run_train([*args, "hydra.run.dir=figure"], tmp_path, entry="figure")
+    proc = run_train(  # the one real command line of fcn.figure
+        [*args, "hydra.run.dir=figure"], tmp_path, entry="figure", in_process=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Image.open(out) as img:
         assert img.width > 1.5 * img.height  # 2 rows of 4 panels

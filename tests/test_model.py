@@ -83,7 +83,8 @@ def test_state_dict_names_are_the_reference_ports() -> None:
 def test_full_width_parameter_counts_match_the_paper() -> None:
     counts = {"fcn32s": 134_346_581, "fcn16s": 134_357_354, "fcn8s": 134_362_751}
     for variant, count in counts.items():
-        net = FCN(**VARIANTS[variant], num_classes=21)
+        with torch.device("meta"):  # shapes only: no 0.5 GB of weights to initialise
+            net = FCN(**VARIANTS[variant], num_classes=21)
         assert sum(p.numel() for p in net.parameters() if p.requires_grad) == count
     assert net.fc6.weight.shape == (4096, 512, 7, 7)
 

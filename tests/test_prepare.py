@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -150,6 +152,26 @@ def test_check_finds_unreadable_and_missing_files(tmp_path: Path, capsys) -> Non
     out = capsys.readouterr().out
     assert f"cannot read label {label}" in out
     assert "1 of 2 ids of split sbd_val have no label" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--root", str(empty), "--check"]) == 1
+    assert f"nothing to check under {empty}" in capsys.readouterr().out
+
+
+def test_check_passes_a_whole_tree_and_ignores_files_outside_the_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    seg11 = (PAPER_SPLITS / "seg11valid.txt").read_text().split()  # every split whole
+    root = write_pascal_tree(tmp_path, SPLITS, extra_voc=seg11, size=(8, 8))
     image = np.zeros((4, 4, 3), np.uint8)
-    Image.fromarray(image).save(root / "unrelated.png")  # not part of any split: ignored
-    assert main(["--root", str(tmp_path / "empty"), "--check"]) == 1
+    Image.fromarray(image).save(root / "VOCdevkit" / "VOC2012" / "JPEGImages" / "unrelated.jpg")
+    (root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "unrelated.png").write_bytes(b"junk")
+    assert main(["--root", str(root), "--check"]) == 0  # files no split lists are not read
+    out = capsys.readouterr().out
+    assert "unrelated" not in out and "voc2012_train" in out and "sbd_val" in out
+    # the same through the command line
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcn.data.prepare", "--root", str(root), "--check"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "voc2012_val" in proc.stdout, proc.stderr[-2000:]

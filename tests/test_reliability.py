@@ -261,9 +261,8 @@ def test_empty_splits_are_named_with_their_file(tmp_path: Path) -> None:
     )
     lists = tree / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
     (lists / "train.txt").write_text("\n")
-    args = ["data=voc2012", "model.trunk_width=2", "model.fc_width=4", "transforms.size=32",
-            "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-            "logger=none", f"paths.data_dir={tree}", "hydra.run.dir=run"]  # fmt: skip
+    args = ["data=voc2012", "debug=tiny", "logger=none", f"paths.data_dir={tree}",
+            "hydra.run.dir=run"]  # fmt: skip
     proc = run_train(args, tmp_path)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]

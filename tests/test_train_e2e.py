@@ -31,7 +31,9 @@ def _assert_finished_run(run: Path) -> dict:
 
 def test_built_in_job_trains_validates_and_leaves_its_run_folder(workdir: Path) -> None:
     run = workdir / "run"
-    proc = run_train([*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run}"], workdir)
+    proc = run_train(  # the one real command line of fcn.train
+        [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run}"], workdir, in_process=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _assert_finished_run(run)
     assert [e["epoch"] for e in metrics["history"]] == [0, 1]
@@ -68,11 +70,8 @@ def test_seed_layout_tree_trains_with_the_default_caffe_network(workdir: Path) -
     splits = write_seed_tree(workdir / "data")
     run = workdir / "run"
     args = [
-        "model.trunk_width=4", "model.fc_width=8", "transforms.size=64", "data.batch_size=4",
-        "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
-        f"data.train_set.splits_dir={splits}",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv",
-        "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run}",
+        "debug=tiny", "transforms.size=64", f"data.train_set.splits_dir={splits}",
+        "logger=csv", f"hydra.run.dir={run}",
     ]  # fmt: skip
     proc = run_train(args, workdir)  # data under ./data (paths.data_dir's default)
     assert proc.returncode == 0, proc.stderr[-3000:]
