@@ -26,12 +26,14 @@ from fcn.inference import load_model, require_data
 from fcn.scores import METRIC_NAMES
 from fcn.training.module import FCNModule
 from fcn.training.optim import build_optimizer
+from fcn.training.summary import silence_lightning_tips
 
 log = logging.getLogger("fcn.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate ``cfg.ckpt_path`` on ``cfg.data``'s validation split; return the metrics."""
+    silence_lightning_tips()
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     loaded = load_model(cfg, cfg.ckpt_path)

@@ -27,6 +27,7 @@ def test_evaluation_of_a_checkpoint_reproduces_its_validation(
         assert result[key] == pytest.approx(final[key], abs=1e-6), key
     for row in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "background", "dot"):
         assert row in proc.stdout
+    assert "litlogger" not in proc.stdout + proc.stderr  # no advertisement
 
 
 def test_original_resolution_is_the_default(trained: Path, tmp_path: Path) -> None:
