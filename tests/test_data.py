@@ -29,6 +29,16 @@ def test_shapes_are_deterministic_per_seed_and_index() -> None:
     assert not any(np.array_equal(a[i][0], c[i][0]) for i in range(10))
 
 
+def test_cached_shapes_equal_fresh_ones_and_are_handed_out_as_copies() -> None:
+    cached, fresh = ShapesDataset(5, seed=2), ShapesDataset(5, seed=2, cache=False)
+    for i in (3, 0, 3):
+        (ci, cl), (fi, fl) = cached[i], fresh[i]
+        assert np.array_equal(ci, fi) and np.array_equal(cl, fl)
+        ci[:] = 0  # a caller changing its copy changes nothing for the next one
+        cl[:] = 0
+    assert sorted(cached._cache) == [0, 3] and fresh._cache is None
+
+
 def test_shapes_have_every_class_varied_sizes_void_bands_thin_and_small_objects() -> None:
     ds = ShapesDataset(60, seed=0)
     sizes, seen = set(), set()

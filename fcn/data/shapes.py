@@ -36,6 +36,8 @@ class ShapesDataset(Dataset):
         max_objects: each image holds 1 to ``max_objects`` discs, boxes and triangles, plus
             some bars and dots.
         void_width: width in pixels of the void band drawn outside each object's border.
+        cache: keep each scene once made (about 30 KB each; copies are handed out), so epochs
+            after the first cost no drawing; each loader worker keeps its own.
     """
 
     class_names = SHAPES_CLASSES
@@ -48,6 +50,7 @@ class ShapesDataset(Dataset):
         max_size: int = 112,
         max_objects: int = 4,
         void_width: int = 1,
+        cache: bool = True,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be positive, got {num_images}")
@@ -59,6 +62,7 @@ class ShapesDataset(Dataset):
         self.max_size = max_size
         self.max_objects = max_objects
         self.void_width = void_width
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_images
@@ -66,6 +70,15 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.num_images:
             raise IndexError(index)
+        if self._cache is None:
+            return self._draw(index)
+        if index not in self._cache:
+            self._cache[index] = self._draw(index)
+        image, label = self._cache[index]
+        return image.copy(), label.copy()
+
+    def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scene ``index``: a pure function of ``(seed, index)``."""
         rng = np.random.default_rng([self.seed, index])
         h, w = rng.integers(self.min_size, self.max_size + 1, size=2)
         image = _background(rng, h, w)
