@@ -40,7 +40,8 @@ def held_results(folder: Path) -> list[str]:
     return [name for name in RESULTS if (folder / name).exists()]
 
 
-def _inside(path: str | None, folder: Path) -> bool:
+def is_inside(path: str | None, folder: Path) -> bool:
+    """True when ``path`` lies in ``folder`` (a checkpoint of the run there: continuing it)."""
     if not path:
         return False
     return Path(path).expanduser().resolve().is_relative_to(folder.resolve())
@@ -51,7 +52,7 @@ def check_run_folder(folder: Path, ckpt_path: str | None, overwrite: bool, task:
     and this run neither continues it (training from a checkpoint inside it) nor was told to
     overwrite it."""
     held = held_results(folder) if folder.is_dir() else []
-    if not held or overwrite or (task == "train" and _inside(ckpt_path, folder)):
+    if not held or overwrite or (task == "train" and is_inside(ckpt_path, folder)):
         return
     how = (
         f"continue it with python -m fcn.resume {folder}, "

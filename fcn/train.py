@@ -28,7 +28,7 @@ from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import write_text
 from fcn.models.weights import init_weights
 from fcn.resume import RESUME_SOURCE_ENV
-from fcn.run_folder import clear_training_results, is_secondary_process
+from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
 from fcn.stored_config import check_run_targets
 from fcn.training.checkpoint_io import AtomicCheckpointIO
 from fcn.training.summary import run_summary, silence_lightning_tips
@@ -49,7 +49,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.ckpt_path is not None:
         check_resumable(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("overwrite") and cfg.ckpt_path is None and not is_secondary_process():
+    continuing = is_inside(cfg.ckpt_path, output_dir)  # fcn.resume: the same folder
+    if cfg.get("overwrite") and not continuing and not is_secondary_process():
         removed = clear_training_results(output_dir)
         if removed:
             log.warning("overwrite=true: removed the earlier run's %s", ", ".join(removed))
