@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
-from fcn.files import write_text
+from fcn.files import refuse_existing, write_text
 from fcn.inference import load_model, require_data
 from fcn.scores import METRIC_NAMES
 from fcn.training.module import FCNModule
@@ -39,9 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loaded = load_model(cfg, cfg.ckpt_path)
     net, cfg = loaded.net, loaded.config  # model and data completed from the file
     require_data(cfg, cfg.ckpt_path)
-    out = Path(cfg.output_file)
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(f"output_file {out} already exists: add overwrite=true to replace it")
+    refuse_existing(cfg.output_file, cfg.overwrite)
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
         # only validation data is read: resolve its set first (its root may name train_set's)

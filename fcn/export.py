@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from fcn.data.transforms import NORMALIZATIONS
 from fcn.errors import ConfigError, FCNError, exit_on_user_error
-from fcn.files import atomic_write
+from fcn.files import atomic_write, refuse_existing
 from fcn.inference import load_model
 from fcn.models.fcn import FCN
 
@@ -92,8 +92,7 @@ def export(cfg: DictConfig) -> Path:
     sample = _size(cfg.sample_size, "sample_size")
     checks = [_size(s, "check_sizes") for s in cfg.check_sizes]
     out = Path(cfg.output_file)
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(f"output_file {out} already exists: add overwrite=true to replace it")
+    refuse_existing(out, cfg.overwrite)
     model = load_model(cfg, cfg.ckpt_path)
     order, mean, std = NORMALIZATIONS[model.normalization]
     metadata = {

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from fcn.errors import ConfigError, exit_on_user_error
+from fcn.files import refuse_existing
 from fcn.inference import (
     LoadedModel,
     completed_config,
@@ -77,10 +78,7 @@ def make_figure(cfg: DictConfig) -> Path:
     if not paths:
         raise ConfigError("checkpoints must list at least one checkpoint")
     out_file = Path(cfg.output_file)
-    if out_file.exists() and not cfg.overwrite:
-        raise ConfigError(
-            f"output_file {out_file} already exists: add overwrite=true to replace it"
-        )
+    refuse_existing(out_file, cfg.overwrite)
     models = []
     for path in paths:  # each checkpoint's own network and normalisation
         model_cfg = OmegaConf.create(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from fcn.errors import DataError, FCNError
+from fcn.errors import ConfigError, DataError, FCNError
 
 #: errno values meaning "the disk (or a quota, or a file-size limit) has no room for this".
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -69,6 +69,12 @@ def ensure_folder(folder: Path | str) -> Path:
             raise DiskFull(disk_full_message(folder, err)) from None
         raise DataError(f"cannot create the folder {folder}: {err.strerror or err}") from None
     return folder
+
+
+def refuse_existing(path: Path | str, overwrite: bool, key: str = "output_file") -> None:
+    """Refuse, before any work is done, an existing ``path`` the user did not ask to replace."""
+    if not overwrite and (Path(path).exists() or Path(path).is_symlink()):
+        raise ConfigError(f"{key} {path} already exists: add overwrite=true to replace it")
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], None], replace: bool = True) -> Path:

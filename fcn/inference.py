@@ -111,8 +111,7 @@ def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     """The network of ``ckpt_path``, every layer taken from the file, in eval mode on the CPU,
     with ``cfg`` completed from the file (:func:`completed_config`; ``cfg`` is not changed)."""
     state, stored = read_checkpoint(ckpt_path)
-    stored = check_stored_config(stored, ckpt_path)
-    completed = completed_config(cfg, stored, ckpt_path)
+    completed = completed_config(cfg, stored, ckpt_path)  # refuses a stored config first
     check_model_config(completed.model)
     net: FCN = instantiate(completed.model)
     load_fcn_state(net, state, ckpt_path, strict=True)

@@ -242,6 +242,19 @@ def test_a_second_run_into_a_used_folder_is_refused_unless_asked(
     assert len(list((run / "checkpoints").iterdir())) == 2  # the old best checkpoint is gone
 
 
+def test_an_existing_output_file_is_refused_before_any_work(trained: Path, tmp_path: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    mine = tmp_path / "mine.json"
+    mine.write_text("my own results\n")
+    for entry in ("evaluate", "export"):
+        args = [f"ckpt_path={ckpt}", f"output_file={mine}", f"hydra.run.dir={entry}"]
+        proc = run_train(args, tmp_path, entry=entry)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last == f"error: output_file {mine} already exists: add overwrite=true to replace it"
+    assert mine.read_text() == "my own results\n"
+
+
 def test_a_used_sweep_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
     cfg = OmegaConf.create({"overwrite": False, "hydra": {"sweep": {"dir": str(tmp_path)}}})

@@ -137,6 +137,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         on_bad_file: str = "error",
     ) -> None:
         super().__init__()
+        if not class_names:  # the datasets name their classes
+            class_names = getattr(val_set, "class_names", None)
         check_data_args(num_classes, class_names, batch_size, on_bad_file, num_workers)
         for split, dataset in (("train", train_set), ("val", val_set)):
             if dataset is not None and len(dataset) == 0:
@@ -144,13 +146,6 @@ class SegmentationDataModule(pl.LightningDataModule):
                 raise DataError(f"the {split} split is empty: no image is listed in {where}")
         warn_about_ids(train_set, val_set)
         self.num_classes = num_classes
-        if not class_names:  # the datasets name their classes
-            class_names = getattr(val_set, "class_names", None)
-            if class_names is not None and len(class_names) != num_classes:
-                raise ValueError(
-                    f"class_names: the dataset names {len(class_names)} classes, "
-                    f"num_classes is {num_classes}"
-                )
         self.class_names = list(class_names) if class_names else None
         to_tensor = ToTensor(normalization)
         self.train_set = (

@@ -55,10 +55,10 @@ class SeedVOC(Dataset):
             )
         ids, kinds = [], []
         self.list_files = [splits_dir / f"{name}.txt" for name in SPLIT_FILES[split]]
-        for list_name in SPLIT_FILES[split]:
-            listed = read_ids(splits_dir / f"{list_name}.txt")
+        for list_file in self.list_files:
+            listed = read_ids(list_file)
             ids += listed
-            kinds += [list_name.rsplit("_", 1)[1]] * len(listed)
+            kinds += [list_file.stem.rsplit("_", 1)[1]] * len(listed)
         # Flat arrays, not a list of paths: loader workers share them without copying.
         self._ids = np.array([i.encode() for i in ids], dtype=np.bytes_)
         self._kinds = np.array([KINDS.index(k) for k in kinds], dtype=np.uint8)

@@ -70,11 +70,11 @@ class MetricsFile(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt)
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
         try:
-            self._write(trainer, "interrupted" if interrupted else "failed")
+            self._write(trainer, status)
         except Exception as err:  # e.g. the disk is full: the run's own error is what matters
-            log.warning("could not record the %s status in %s: %s", "failed", self.path, err)
+            log.warning("could not record the %s status in %s: %s", status, self.path, err)
 
     def _record(self, trainer: pl.Trainer, status: str) -> None:
         """Close the epoch that just ended (train/loss is logged after validation) and write."""

@@ -1,5 +1,5 @@
-"""Lightning checkpoints written atomically beside their target, and checked before a run
-resumes from one."""
+"""Lightning checkpoints written atomically beside their target and read weights-only (the
+checks before a run resumes from one: :func:`fcn.checkpoint.check_resumable`)."""
 
 from __future__ import annotations
 
