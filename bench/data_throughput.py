@@ -23,8 +23,8 @@ from torchvision.transforms.v2 import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fcn.data.datamodule import TransformedDataset  # noqa: E402
+from fcn.data.labels import voc_palette  # noqa: E402
 from fcn.data.pascal import VOC_DIR, PascalDataset  # noqa: E402
-from fcn.data.readers import voc_palette  # noqa: E402
 from fcn.data.transforms import NORMALIZATIONS, ToTensor, augment, resize_and_pad  # noqa: E402
 
 

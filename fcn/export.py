@@ -98,6 +98,7 @@ def export(cfg: DictConfig) -> Path:
     metadata = {
         "variant": model.net.variant,
         "class_names": json.dumps(model.class_names),
+        "class_colors": json.dumps(model.class_colors),
         "normalization": json.dumps(
             {"name": model.normalization, "channel_order": order, "mean": mean, "std": std}
         ),

@@ -112,7 +112,10 @@ def make_figure(cfg: DictConfig) -> Path:
         or getattr(dataset, "class_names", None)
         or [f"class_{i}" for i in range(num_classes)]
     )
-    draw_comparison(rows, _column_names(models), list(names), out_file, cfg.overwrite)
+    draw_comparison(
+        rows, _column_names(models), list(names), out_file, cfg.overwrite,
+        class_colors=models[0].class_colors,
+    )  # fmt: skip
     print(f"written to {out_file}")
     return out_file
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fcn.checkpoint import read_checkpoint
 from fcn.config_checks import check_model_config
+from fcn.data.datamodule import check_class_colors
 from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
@@ -34,7 +35,9 @@ from fcn.stored_config import check_stored_config
 log = logging.getLogger(__name__)
 
 #: What ``data.<key>: null`` becomes for a file that stores no config.
-DATA_DEFAULTS = {"num_classes": 21, "normalization": "torchvision", "class_names": None}
+DATA_DEFAULTS = {
+    "num_classes": 21, "normalization": "torchvision", "class_names": None, "class_colors": None,
+}  # fmt: skip
 
 
 @dataclass
@@ -44,6 +47,7 @@ class LoadedModel:
     net: FCN
     normalization: str
     class_names: list[str]
+    class_colors: list[list[int]]  # [r, g, b] per class, for masks and overlays
     path: Path
     run_config: dict | None  # the run config stored in the file (None for bare weights)
     config: DictConfig  # the config given to load_model, model and data completed from the file
@@ -117,8 +121,12 @@ def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     load_fcn_state(net, state, ckpt_path, strict=True)
     data = completed.data
     names = data.class_names or [f"class_{i}" for i in range(net.num_classes)]
+    try:
+        colors = check_class_colors(data.class_colors, net.num_classes)
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from None
     return LoadedModel(
-        net.eval(), data.normalization, list(names), Path(ckpt_path), stored, completed
+        net.eval(), data.normalization, list(names), colors, Path(ckpt_path), stored, completed
     )
 
 

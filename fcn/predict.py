@@ -1,9 +1,9 @@
 """Segment images: ``python -m fcn.predict ckpt_path=<file> input=<image or folder>``.
 
-Writes, for every image, its predicted classes as a VOC-palette PNG (``masks/``, pixel values are
-the class indices) and an overlay of the class colours on the image (``overlays/``), both at the
-image's own size, keeping the input folder's sub-folders. Unreadable images are named, skipped,
-and make the exit status 1 once every other image is done.
+Writes, for every image, its predicted classes as a palette PNG (``masks/``, pixel values are
+the class indices, colours the classes' own) and an overlay of the class colours on the image
+(``overlays/``), both at the image's own size, keeping the input folder's sub-folders.
+Unreadable images are named, skipped, and make the exit status 1 once every other image is done.
 
 Nothing of the user's is replaced: an output that would replace an input is refused, and so are
 existing outputs (of an earlier run into the same ``output_dir``) unless ``overwrite=true``; both
@@ -167,8 +167,8 @@ def predict(cfg: DictConfig) -> int:
             continue
         mask = predict_mask(model, image, device, cfg.max_size)
         mask_path, overlay_path = plan[path]
-        save_png(mask_image(mask), mask_path)
-        save_png(overlay(image, mask, cfg.overlay_alpha), overlay_path)
+        save_png(mask_image(mask, model.class_colors), mask_path)
+        save_png(overlay(image, mask, cfg.overlay_alpha, model.class_colors), overlay_path)
     write_manifest(out, cfg, listed.union(*(names[p] for p in images if p not in failed)))
     done = len(images) - len(failed)
     print(f"{done} mask(s) and overlay(s) written to {out / 'masks'} and {out / 'overlays'}")

@@ -60,6 +60,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     with open_dict(cfg):  # recorded with the run (and in its checkpoints) for inference
         cfg.data.class_names = datamodule.class_names
+        cfg.data.class_colors = datamodule.class_colors
     net = instantiate(cfg.model)
     if cfg.ckpt_path is None:
         new = init_weights(net, cfg.weights.source, cfg.weights.path)

@@ -139,3 +139,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the long end-to-end tests first, so that with two workers (``-n 2``) the longest
+    one is not left for last while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

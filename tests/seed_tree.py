@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-from fcn.data.readers import voc_palette
+from fcn.data.labels import voc_palette
 
 SPLITS = {"train_mat": 6, "train_png": 2, "val_mat": 3}
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fcn.data.readers import voc_palette
+from fcn.data.labels import voc_palette
 from fcn.errors import ConfigError
 from fcn.export import compare_with_torch, export_onnx
 from fcn.figure import image_scores, pick_images

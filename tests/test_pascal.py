@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from fcn.data.datamodule import SegmentationDataModule
+from fcn.data.labels import voc_palette
 from fcn.data.pascal import PAPER_SPLITS, PascalDataset
-from fcn.data.readers import voc_palette
 from fcn.data.voc_seed import SPLITS_DIR
 from fcn.errors import DataError
 from tests.conftest import run_train

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from fcn.data.labels import default_colors
 from fcn.data.transforms import ToTensor, pad_collate
 from fcn.errors import DataError
 
@@ -110,6 +111,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             may be None when only validating (``fcn.evaluate``, ``fcn.figure``).
         num_classes, class_names: the label set; the model and the metrics take them from here
             (``class_names`` None: the validation dataset's own ``class_names``).
+        class_colors: one ``[r, g, b]`` (0-255) per class for masks and overlays (None: the
+            validation dataset's own ``class_colors``, else the VOC colour map's).
         train_transform, val_transform: albumentations transforms (``image=``, ``mask=``), or
             None to keep images as they are; batches of different sizes are padded bottom/right
             (label 255) by :func:`pad_collate`.
@@ -135,11 +138,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         normalization: str = "torchvision",
         seed: int | None = 0,
         on_bad_file: str = "error",
+        class_colors: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if not class_names:  # the datasets name their classes
             class_names = getattr(val_set, "class_names", None)
+        if not class_colors:
+            class_colors = getattr(val_set, "class_colors", None)
         check_data_args(num_classes, class_names, batch_size, on_bad_file, num_workers)
+        self.class_colors = check_class_colors(class_colors, num_classes)
         for split, dataset in (("train", train_set), ("val", val_set)):
             if dataset is not None and len(dataset) == 0:
                 where = getattr(dataset, "source", None) or type(dataset).__name__
@@ -251,6 +258,24 @@ def check_data_args(
         raise ValueError(
             f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}, got {on_bad_file!r}"
         )
+
+
+def check_class_colors(
+    class_colors: Sequence[Sequence[int]] | None, num_classes: int
+) -> list[list[int]]:
+    """``class_colors`` as lists of three ints 0-255, one per class (None: the VOC colour map's
+    first ``num_classes``); raise ValueError naming what is wrong."""
+    if class_colors is None:
+        return default_colors(num_classes)
+    colors = [list(c) for c in class_colors]
+    if len(colors) != num_classes:
+        raise ValueError(f"class_colors has {len(colors)} colours for {num_classes} classes")
+    for i, color in enumerate(colors):
+        if len(color) != 3 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color
+        ):
+            raise ValueError(f"class_colors[{i}] must be [r, g, b] with ints 0-255, got {color}")
+    return colors
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -21,21 +21,6 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def voc_palette() -> list[int]:
-    """The 256-entry VOC colour map (flat RGB list), as in VOC's palette PNGs."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 def open_failure(path: Path, what: str, err: OSError) -> str:
     """Why reading ``path`` (an ``image`` or ``label`` file) failed with ``err``, in words: a
     folder, a symbolic link loop, a broken symbolic link, a missing file, else ``err``."""
