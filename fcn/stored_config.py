@@ -26,6 +26,7 @@ DATA_TARGETS = frozenset(
         "fcn.data.shapes.ShapesDataset",
         "fcn.data.pascal.PascalDataset",
         "fcn.data.voc_seed.SeedVOC",
+        "fcn.data.folder.FolderDataset",
         "fcn.data.transforms.resize_and_pad",
         "fcn.data.transforms.augment",
     }
