@@ -272,3 +272,21 @@ def test_an_unreadable_mask_is_skipped_and_counted_with_on_bad_file_skip(workdir
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((workdir / "s" / "metrics.json").read_text())
     assert metrics["history"][-1]["data/skipped_train"] == 1
+
+
+def test_a_data_config_of_ones_own_outside_the_package(workdir: Path) -> None:
+    """docs/data.md's example: a data option in a user's folder, added with --config-dir."""
+    root = _flat_tree(workdir / "cracks")
+    configs = workdir / "my_configs" / "data"
+    configs.mkdir(parents=True)
+    (configs / "cracks.yaml").write_text(
+        "defaults:\n  - /data_common/folder@_here_\n  - _self_\nnum_classes: 2\n"
+        f"train_set:\n  root: {root}\n  split_by: lists\n"
+    )
+    run = workdir / "run"
+    args = ["--config-dir", str(workdir / "my_configs"), "data=cracks", "debug=tiny",
+            "logger=none", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = run_train(args, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = (run / "config.yaml").read_text()
+    assert "split_by: lists" in config and str(root) in config
