@@ -15,7 +15,7 @@ from fcn.data.datamodule import check_data_args
 from fcn.errors import ConfigError
 from fcn.models.fcn import check_fcn_args
 from fcn.models.weights import WEIGHT_SOURCES
-from fcn.training.module import check_loss_reduction
+from fcn.training.module import check_class_weights, check_loss_reduction
 from fcn.training.optim import check_optimizer_args
 
 
@@ -25,6 +25,15 @@ def _apply(group: str, check: Callable[..., None], **values: Any) -> None:
         check(**values)
     except ValueError as err:
         raise ConfigError(f"{group}.{err}") from None
+
+
+def check_data_config(data: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a ``data`` config value that cannot work."""
+    _apply(
+        "data", check_data_args, num_classes=data.get("num_classes"),
+        class_names=data.get("class_names"), batch_size=data.get("batch_size"),
+        on_bad_file=data.get("on_bad_file", "error"), num_workers=data.get("num_workers", 0),
+    )  # fmt: skip
 
 
 def check_model_config(model: DictConfig) -> None:
@@ -68,11 +77,7 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
     ``training=False`` (evaluation) checks the data, transforms and model only.
     """
     data, model = cfg.data, cfg.model
-    _apply(
-        "data", check_data_args, num_classes=data.get("num_classes"),
-        class_names=data.get("class_names"), batch_size=data.get("batch_size"),
-        on_bad_file=data.get("on_bad_file", "error"), num_workers=data.get("num_workers", 0),
-    )  # fmt: skip
+    check_data_config(data)
     for key in ("size", "crop"):
         value = (cfg.get("transforms") or {}).get(key)
         if value is not None and (
@@ -94,6 +99,10 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
     if "weights" in cfg and OmegaConf.is_missing(cfg.weights, "path"):
         raise ConfigError(f"weights.path must name the weights file to start from ({source})")
     _apply("module", check_loss_reduction, loss_reduction=cfg.module.get("loss_reduction"))
+    _apply(
+        "module", check_class_weights, class_weights=cfg.module.get("class_weights"),
+        num_classes=data.num_classes,
+    )  # fmt: skip
     max_epochs = cfg.trainer.get("max_epochs")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")

@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 #: What our commands leave in a run folder: a folder holding any of these holds a run.
 RESULTS = (
     "metrics.json", "config.yaml", "checkpoints", "evaluation.json", "model.onnx",
-    "comparison.png", "masks", "overlays", "predict.json",
+    "comparison.png", "masks", "overlays", "predict.json", "splits",
 )  # fmt: skip
 #: What ``overwrite=true`` removes before a new training run starts in a used folder (its
 #: loggers' folders stay: a new wandb run starts beside the old one).
-TRAINING_RESULTS = ("metrics.json", "config.yaml", "checkpoints")
+TRAINING_RESULTS = ("metrics.json", "config.yaml", "checkpoints", "splits")
 #: Environment variables that make a process a non-zero rank of a multi-process job.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 

@@ -31,6 +31,8 @@ from fcn.resume import RESUME_SOURCE_ENV
 from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
 from fcn.stored_config import check_run_targets
 from fcn.training.checkpoint_io import AtomicCheckpointIO
+from fcn.training.class_weights import median_frequency_class_weights
+from fcn.training.module import MEDIAN_FREQUENCY
 from fcn.training.summary import run_summary, silence_lightning_tips
 from fcn.training.tracking import finish_wandb, start_loggers
 
@@ -61,6 +63,9 @@ def train(cfg: DictConfig) -> float | None:
     with open_dict(cfg):  # recorded with the run (and in its checkpoints) for inference
         cfg.data.class_names = datamodule.class_names
         cfg.data.class_colors = datamodule.class_colors
+        if cfg.module.get("class_weights") == MEDIAN_FREQUENCY:  # the numbers are recorded
+            cfg.module.class_weights = median_frequency_class_weights(cfg, datamodule)
+    _keep_drawn_splits(datamodule, output_dir)
     net = instantiate(cfg.model)
     if cfg.ckpt_path is None:
         new = init_weights(net, cfg.weights.source, cfg.weights.path)
@@ -99,6 +104,18 @@ def train(cfg: DictConfig) -> float | None:
         best = trainer.callback_metrics.get("val/mIoU")
     _report(cfg, output_dir)
     return float(best) if best is not None else None
+
+
+@rank_zero_only
+def _keep_drawn_splits(datamodule, output_dir: Path) -> None:
+    """Write the id lists of splits drawn at random (``split_by=fraction``) into the run folder
+    as ``splits/{train,val}.txt``, reusable as they are with ``split_by=lists``."""
+    for name in ("train", "val"):
+        wrapped = getattr(datamodule, f"{name}_set", None)
+        dataset = getattr(wrapped, "dataset", None)
+        if getattr(dataset, "drawn", False):
+            path = write_text(output_dir / "splits" / f"{name}.txt", "\n".join(dataset.ids) + "\n")
+            log.info("the drawn %s split (%d ids) is kept in %s", name, len(dataset), path)
 
 
 @rank_zero_only

@@ -72,6 +72,8 @@ def test_default_builds_the_paper_sized_fcn8_with_the_keras_seeds_recipe(tmp_pat
 )
 def test_every_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
     data = [] if group == "data" else ["data=shapes"]
+    if (group, option) == ("data", "folder"):  # the user's own: the class count must be given
+        data = ["data.num_classes=3"]
     cfg = compose_train([f"{group}={option}", *data, *SMALL], tmp_path)
     check_config(cfg)
     net = instantiate(cfg.model)

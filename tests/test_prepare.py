@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
+import io
+import re
 import subprocess
 import sys
 import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcn.data import prepare
 from fcn.data.pascal import PAPER_SPLITS, PascalDataset
-from fcn.data.prepare import main
+from fcn.data.prepare import main, unsafe_member
 from fcn.data.voc_seed import SeedVOC
 from tests.seed_tree import write_pascal_tree
 
@@ -175,3 +180,121 @@ def test_check_passes_a_whole_tree_and_ignores_files_outside_the_splits(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0 and "voc2012_val" in proc.stdout, proc.stderr[-2000:]
+
+
+ADE = "ADEChallengeData2016"
+
+
+def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _ade_zip(path: Path, extra: tuple[str, ...] = ()) -> str:
+    """A small zip in ADE20K's layout (plus ``extra`` members); returns its SHA-1."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for split in ("training", "validation"):
+            name = f"ADE_{split[:5]}_00000001"
+            zf.writestr(f"{ADE}/images/{split}/{name}.jpg", _png(np.zeros((8, 8, 3), np.uint8),
+                                                                 "JPEG"))  # fmt: skip
+            zf.writestr(f"{ADE}/annotations/{split}/{name}.png", _png(np.ones((8, 8), np.uint8)))
+        zf.writestr(f"{ADE}/objectInfo150.txt", "Idx\tRatio\tTrain\tVal\tName\n")
+        for member in extra:
+            zf.writestr(member, "outside")
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def ade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Server, list[str]]]:
+    """A loopback server holding an ADE20K-like zip whose SHA-1 is the source's."""
+    served = tmp_path / "served"
+    served.mkdir()
+    sha1 = _ade_zip(served / f"{ADE}.zip")
+    source = dataclasses.replace(prepare.SOURCES["ade20k"], checksum=sha1)
+    monkeypatch.setitem(prepare.SOURCES, "ade20k", source)
+    server = _Server(served)
+    yield server, ["--dataset", "ade20k", "--ade20k-url", f"{server.url}/{ADE}.zip"]
+    server.httpd.shutdown()
+
+
+def test_ade20k_downloads_verifies_sha1_extracts_the_zip_and_reruns_for_free(
+    ade, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    server, args = ade
+    root = tmp_path / "data"
+    assert main(["--root", str(root), *args]) == 0
+    assert server.requests == 1
+    assert (root / ADE / "images" / "training" / "ADE_train_00000001.jpg").is_file()
+    assert (root / ADE / "annotations" / "validation" / "ADE_valid_00000001.png").is_file()
+    assert (root / f".extracted-{prepare.SOURCES['ade20k'].checksum}").is_file()
+    assert not list((root / "downloads").glob("*"))  # archive removed after extraction
+    assert not (root / "VOCdevkit").exists()  # only what was asked for
+    assert "python -m fcn.train data=ade20k" in capsys.readouterr().out
+    assert main(["--root", str(root), *args]) == 0
+    assert server.requests == 1  # nothing fetched again
+    assert f"{ADE}.zip: already downloaded and extracted" in capsys.readouterr().out
+
+
+def test_ade20k_wrong_sha1_or_cut_transfer_is_never_used(
+    ade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    server, args = ade
+    root = tmp_path / "data"
+    good = prepare.SOURCES["ade20k"]
+    monkeypatch.setitem(prepare.SOURCES, "ade20k", dataclasses.replace(good, checksum="0" * 40))
+    assert main(["--root", str(root), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"{ADE}.zip arrived with SHA-1 {good.checksum}, expected {'0' * 40}" in err
+    assert not list((root / "downloads").glob("*")) and not (root / ADE).exists()
+
+    monkeypatch.setitem(prepare.SOURCES, "ade20k", good)
+    server.truncate_next = True
+    assert main(["--root", str(root), *args]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"the transfer was cut short \([\d,]+ of [\d,]+ bytes\)", err), err
+    assert not list((root / "downloads").glob("*")) and not (root / ADE).exists()
+    assert main(["--root", str(root), *args]) == 0  # the partial file is fetched again whole
+    assert server.requests == 3 and (root / ADE / "objectInfo150.txt").is_file()
+
+
+def test_zip_with_members_outside_the_folder_is_refused_whole(
+    ade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _, args = ade
+    archive = tmp_path / "served" / f"{ADE}.zip"
+    sha1 = _ade_zip(archive, extra=(f"{ADE}/../../evil.txt",))
+    source = dataclasses.replace(prepare.SOURCES["ade20k"], checksum=sha1)
+    monkeypatch.setitem(prepare.SOURCES, "ade20k", source)
+    root = tmp_path / "data"
+    assert main(["--root", str(root), *args]) == 1
+    err = capsys.readouterr().err
+    assert "was refused" in err and "'ADEChallengeData2016/../../evil.txt'" in err
+    assert not (root / ADE).exists() and not list(tmp_path.rglob("evil.txt"))
+    assert not list(root.glob(".extracted-*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "unsafe"),
+    [("a/b.png", False), ("a/..b/c", False), ("../x", True), ("a/../../x", True),
+     ("/etc/x", True), ("C:/x", True), ("a\\..\\..\\x", True)],
+)  # fmt: skip
+def test_unsafe_member_names(name: str, unsafe: bool) -> None:
+    assert unsafe_member(name) is unsafe
+
+
+def test_cityscapes_downloads_nothing_and_says_what_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--dataset", "cityscapes"]) == 0
+    out = capsys.readouterr().out
+    for text in ("https://www.cityscapes-dataset.com", "leftImg8bit_trainvaltest.zip",
+                 "gtFine_trainvaltest.zip", f"{root}/cityscapes/leftImg8bit/",
+                 f"{root}/cityscapes/gtFine/", "python -m fcn.train data=cityscapes"):  # fmt: skip
+        assert text in out
+    assert not (root / "downloads").exists() and "data ready" not in out
+    (root / "cityscapes" / "leftImg8bit").mkdir(parents=True)
+    (root / "cityscapes" / "gtFine").mkdir()
+    assert main(["--root", str(root), "--dataset", "cityscapes"]) == 0
+    assert "are there" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,20 +21,69 @@ from fcn.scores import METRIC_NAMES
 from fcn.training.metrics import SegmentationMetrics
 
 LOSS_REDUCTIONS = ("mean", "sum")
+#: ``module.class_weights`` computed by ``fcn.train`` from the training split's pixel counts.
+MEDIAN_FREQUENCY = "median_frequency"
 
 
-def segmentation_loss(scores: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+def segmentation_loss(
+    scores: Tensor, target: Tensor, reduction: str, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Cross-entropy over pixels whose label is not 255.
 
     Returns ``(loss, valid)``: the loss reduced as asked (``mean`` over valid pixels as the Keras
     seed, ``sum`` as the paper) and the number of valid pixels. With no valid pixel the loss is 0
     (with a gradient graph), not NaN.
+
+    ``weight`` (one per class): each pixel's cross-entropy is multiplied by its class's weight;
+    ``mean`` then divides by the sum of the valid pixels' weights (as torch's weighted mean
+    does; 0 when that sum is 0), ``sum`` adds the weighted terms.
     """
-    total = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="sum")
-    valid = (target != IGNORE_INDEX).sum()
+    valid_mask = target != IGNORE_INDEX
+    valid = valid_mask.sum()
+    if weight is None:
+        total = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        if reduction == "sum":
+            return total, valid
+        return total / valid.clamp(min=1), valid
+    per_pixel = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="none")
+    pixel_weight = weight.to(per_pixel.dtype)[torch.where(valid_mask, target, 0)] * valid_mask
+    total = (per_pixel * pixel_weight).sum()
     if reduction == "sum":
         return total, valid
-    return total / valid.clamp(min=1), valid
+    weight_sum = pixel_weight.sum()
+    return total / torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum)), valid
+
+
+def check_class_weights(class_weights: Any, num_classes: int) -> None:
+    """Raise ValueError (its message starts with ``class_weights``) unless ``class_weights`` is
+    None, ``median_frequency`` or ``num_classes`` non-negative finite numbers, not all 0."""
+    if class_weights is None or (
+        isinstance(class_weights, str) and class_weights == MEDIAN_FREQUENCY
+    ):
+        return
+    expected = (
+        f"null (unweighted), {MEDIAN_FREQUENCY} or a list of {num_classes} non-negative numbers "
+        "(one per class)"
+    )
+    if isinstance(class_weights, str | bytes) or not isinstance(class_weights, Sequence):
+        raise ValueError(f"class_weights must be {expected}, got {class_weights!r}")
+    values = list(class_weights)
+    if len(values) != num_classes:
+        raise ValueError(
+            f"class_weights has {len(values)} values for {num_classes} classes: give {expected}"
+        )
+    for i, value in enumerate(values):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"class_weights[{i}] must be a non-negative number, got {value!r}: give {expected}"
+            )
+    if not any(values):
+        raise ValueError(f"class_weights are all 0: no pixel would count; give {expected}")
 
 
 def check_loss_reduction(loss_reduction: str) -> None:
@@ -88,6 +138,10 @@ class FCNModule(pl.LightningModule):
         optimizer: ``net -> Optimizer`` (``fcn.training.optim.build_optimizer``, settings bound).
         scheduler: ``Optimizer -> LRScheduler`` stepped once per epoch, or None for a fixed rate.
         loss_reduction: ``"mean"`` over valid pixels (Keras seed) or ``"sum"`` (paper).
+        class_weights: one weight per class multiplying its pixels' cross-entropy in the
+            training loss (a weighted ``mean`` divides by the sum of the valid pixels' weights),
+            or None for the unweighted loss. ``fcn.train`` turns ``median_frequency`` into the
+            list before building this module.
         class_names: names used in the per-class IoU metrics ``val/IoU/<name>``.
         run_config: the run's resolved config (plain containers), stored in every checkpoint so
             that ``fcn.evaluate`` / ``fcn.predict`` rebuild the network and data without options.
@@ -97,8 +151,9 @@ class FCNModule(pl.LightningModule):
             the plain parameter names).
 
     Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
-    whatever reduction is optimised, so runs compare), ``val/mIoU``, ``val/pixel_acc``,
-    ``val/mean_acc``, ``val/fwIoU`` and ``val/IoU/<class>``; per step: ``train/loss_step``.
+    unweighted, whatever reduction and class weights are optimised, so runs compare),
+    ``val/mIoU``, ``val/pixel_acc``, ``val/mean_acc``, ``val/fwIoU`` and ``val/IoU/<class>``;
+    per step: ``train/loss_step`` (the same unweighted mean).
     """
 
     def __init__(
@@ -111,10 +166,17 @@ class FCNModule(pl.LightningModule):
         run_config: Mapping[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_loss_reduction(loss_reduction)
         num_classes = net.num_classes
+        if isinstance(class_weights, str) and class_weights == MEDIAN_FREQUENCY:
+            raise ValueError(
+                f"class_weights={MEDIAN_FREQUENCY} is computed by fcn.train from the training "
+                "split: give FCNModule the list of weights"
+            )
+        check_class_weights(class_weights, num_classes)
         names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(names) != num_classes:
             raise ValueError(
@@ -124,6 +186,11 @@ class FCNModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss_reduction = loss_reduction
+        weights = None
+        if class_weights is not None:
+            weights = torch.tensor([float(w) for w in class_weights], dtype=torch.float32)
+        # moves with the module; not in the state dict (the run's config records the numbers)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.class_names = names
         self.run_config = _plain(run_config) if run_config is not None else None
         self.train_loss = MeanMetric()
@@ -141,9 +208,14 @@ class FCNModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch  # padded images train as they are (pads are void)
         scores = self.net(images.contiguous(memory_format=self.memory_format))
-        loss, valid = segmentation_loss(scores, labels, self.loss_reduction)
+        loss, valid = segmentation_loss(scores, labels, self.loss_reduction, self.class_weights)
         self._stop_if_diverged(loss)
-        per_pixel = (loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss).detach()
+        if self.class_weights is not None:  # logged unweighted, as without class weights
+            with torch.no_grad():
+                per_pixel, _ = segmentation_loss(scores.detach(), labels, "mean")
+        else:
+            per_pixel = loss / valid.clamp(min=1) if self.loss_reduction == "sum" else loss
+        per_pixel = per_pixel.detach()
         self.train_loss.update(per_pixel, weight=valid)
         self.log("train/loss_step", per_pixel, prog_bar=True, batch_size=len(images))
         return loss
