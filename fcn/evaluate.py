@@ -3,7 +3,9 @@
 Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU and per-class IoU from one
 confusion matrix over the data config's whole validation split (summed across processes under
 DDP), printed as a table and written to ``output_file`` as JSON. The network and the data are
-the checkpoint's own unless ``model=`` / ``data=`` (or ``experiment=``) choose others.
+the checkpoint's own unless ``model=`` / ``data=`` (or ``experiment=``) choose others. Images are
+scored whole, or in windows (``window``, ``stride``) and with flips (``flip``) as
+:class:`fcn.models.tiling.TiledScorer` does; the JSON records how.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import refuse_existing, write_text
-from fcn.inference import load_model, require_data
+from fcn.inference import load_model, require_data, tiling_options
+from fcn.models.tiling import TiledScorer
 from fcn.scores import METRIC_NAMES
 from fcn.training.module import FCNModule
 from fcn.training.optim import build_optimizer
@@ -36,6 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     silence_lightning_tips()
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
+    tiling = tiling_options(cfg)
     loaded = load_model(cfg, cfg.ckpt_path)
     net, cfg = loaded.net, loaded.config  # model and data completed from the file
     require_data(cfg, cfg.ckpt_path)
@@ -49,23 +53,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.data.val_transform = cfg.transforms.val
     check_config(cfg, training=False)
     datamodule = instantiate(cfg.data)
-    log.info("evaluating %s from %s", net.variant, cfg.ckpt_path)
-    module = FCNModule(net, optimizer=build_optimizer, class_names=datamodule.class_names)
+    scorer = TiledScorer(net, **tiling)
+    log.info("evaluating %s from %s: %s", net.variant, cfg.ckpt_path, scorer.describe())
+    module = FCNModule(scorer, optimizer=build_optimizer, class_names=datamodule.class_names)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
     )
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    _report(metrics, cfg)
+    _report(metrics, cfg, scorer)
     return metrics
 
 
 @rank_zero_only
-def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
+def _report(metrics: dict[str, float], cfg: DictConfig, scorer: TiledScorer) -> None:
     print(format_table(metrics))
     out = Path(cfg.output_file)
     doc = {
         "checkpoint": str(cfg.ckpt_path),
         "data": cfg.data.val_set.get("split") or cfg.data.val_set._target_,
+        "scoring": scorer.settings(),
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
     }
     write_text(out, json.dumps(doc, indent=2) + "\n", replace=cfg.overwrite)

@@ -14,12 +14,14 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from torch import nn
 
 from fcn.checkpoint import read_checkpoint
 from fcn.config_checks import check_model_config
@@ -28,12 +30,16 @@ from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
 from fcn.models.fcn import FCN
+from fcn.models.tiling import WINDOW_BATCH, TiledScorer, check_tiling_args
 from fcn.models.weights import load_fcn_state
 from fcn.scores import predicted_classes
 from fcn.stored_config import check_stored_config
 
 log = logging.getLogger(__name__)
 
+#: The scoring options of ``fcn.evaluate`` and ``fcn.predict`` (:class:`TiledScorer`'s
+#: arguments) and their values where a config lacks them: whole images, no flip.
+TILING_DEFAULTS = {"window": None, "stride": None, "flip": False, "window_batch": WINDOW_BATCH}
 #: What ``data.<key>: null`` becomes for a file that stores no config.
 DATA_DEFAULTS = {
     "num_classes": 21, "normalization": "torchvision", "class_names": None, "class_colors": None,
@@ -149,30 +155,60 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def tiling_options(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg``'s ``window``, ``stride``, ``flip`` and ``window_batch`` (:data:`TILING_DEFAULTS`
+    where absent) as :class:`TiledScorer`'s arguments; a value that cannot work is a
+    ConfigError naming its key."""
+    options = {}
+    for key, default in TILING_DEFAULTS.items():
+        value = cfg.get(key, default)
+        options[key] = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
+    try:
+        check_tiling_args(**options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return options
+
+
 @torch.inference_mode()
 def predict_scores(
-    model: LoadedModel, image: np.ndarray, device: torch.device, max_size: int | None = None
+    model: LoadedModel,
+    image: np.ndarray,
+    device: torch.device,
+    max_size: int | None = None,
+    scorer: nn.Module | None = None,
 ) -> torch.Tensor:
-    """Class scores ``(C, H, W)`` (on ``device``) for one HxWx3 uint8 RGB image of any size.
+    """Class scores ``(C, H, W)`` for one HxWx3 uint8 RGB image of any size.
 
     ``max_size``: images whose longer side is larger are scored at that size (bilinear) and the
     scores brought back to the image's own size; None scores every image at its own size.
+    ``scorer``: what scores the (resized) image: ``model.net`` (None), or a :class:`TiledScorer`
+    around it (on ``device``) for windows and flips. The scores are on ``device``; in windows
+    they are on the CPU, where the image and the sums of the windows' scores stay (only the
+    windows go to ``device``), so that an image too large for the device's memory is scored.
     """
-    x = model.to_tensor.image(image).unsqueeze(0).to(device)
+    scorer = model.net if scorer is None else scorer
+    x = model.to_tensor.image(image).unsqueeze(0)
+    if not (isinstance(scorer, TiledScorer) and scorer.window is not None):
+        x = x.to(device)
     height, width = x.shape[-2:]
     scale = max_size / max(height, width) if max_size and max(height, width) > max_size else 1.0
     if scale < 1.0:
         small = (max(1, round(height * scale)), max(1, round(width * scale)))
         x = F.interpolate(x, size=small, mode="bilinear", align_corners=False)
-    scores = model.net(x)
+    scores = scorer(x)
     if scale < 1.0:
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
     return scores[0]
 
 
 def predict_mask(
-    model: LoadedModel, image: np.ndarray, device: torch.device, max_size: int | None = None
+    model: LoadedModel,
+    image: np.ndarray,
+    device: torch.device,
+    max_size: int | None = None,
+    scorer: nn.Module | None = None,
 ) -> np.ndarray:
     """The predicted class of every pixel, an HxW uint8 array (see :func:`predict_scores`)."""
-    scores = predict_scores(model, image, device, max_size)
+    scores = predict_scores(model, image, device, max_size, scorer)
     return predicted_classes(scores, 0).to(torch.uint8).cpu().numpy()

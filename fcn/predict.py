@@ -3,6 +3,8 @@
 Writes, for every image, its predicted classes as a palette PNG (``masks/``, pixel values are
 the class indices, colours the classes' own) and an overlay of the class colours on the image
 (``overlays/``), both at the image's own size, keeping the input folder's sub-folders.
+Images are scored whole, or in windows (``window``, ``stride``, for images too large for the
+device's memory) and with flips (``flip``), as :class:`fcn.models.tiling.TiledScorer` does.
 Unreadable images are named, skipped, and make the exit status 1 once every other image is done.
 
 Nothing of the user's is replaced: an output that would replace an input is refused, and so are
@@ -27,7 +29,8 @@ from tqdm import tqdm
 from fcn.data.readers import read_image
 from fcn.errors import ConfigError, DataError, exit_on_user_error
 from fcn.files import ensure_folder, write_text
-from fcn.inference import load_model, pick_device, predict_mask
+from fcn.inference import load_model, pick_device, predict_mask, tiling_options
+from fcn.models.tiling import TiledScorer
 from fcn.viz import mask_image, overlay, save_png
 
 log = logging.getLogger("fcn.predict")
@@ -142,6 +145,7 @@ def predict(cfg: DictConfig) -> int:
         raise ConfigError(f"max_size must be an integer >= 32 or null, got {cfg.max_size!r}")
     if not isinstance(cfg.overwrite, bool):
         raise ConfigError(f"overwrite must be true or false, got {cfg.overwrite!r}")
+    tiling = tiling_options(cfg)
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir).expanduser()
     base, images = find_images(Path(cfg.input).expanduser(), out)
@@ -154,7 +158,11 @@ def predict(cfg: DictConfig) -> int:
         ensure_folder(folder)
     model = load_model(cfg, cfg.ckpt_path)
     model.net.to(device)
-    log.info("%s from %s on %s: %d image(s)", model.net.variant, cfg.ckpt_path, device, len(images))
+    scorer = TiledScorer(model.net, **tiling)
+    log.info(
+        "%s from %s on %s, %s: %d image(s)",
+        model.net.variant, cfg.ckpt_path, device, scorer.describe(), len(images),
+    )  # fmt: skip
     names = {path: [t.relative_to(out).as_posix() for t in plan[path]] for path in images}
     write_manifest(out, cfg, listed.union(*names.values()))  # before any output is written
     failed = []
@@ -165,7 +173,7 @@ def predict(cfg: DictConfig) -> int:
             log.warning("skipped: %s", err)
             failed.append(path)
             continue
-        mask = predict_mask(model, image, device, cfg.max_size)
+        mask = predict_mask(model, image, device, cfg.max_size, scorer)
         mask_path, overlay_path = plan[path]
         save_png(mask_image(mask, model.class_colors), mask_path)
         save_png(overlay(image, mask, cfg.overlay_alpha, model.class_colors), overlay_path)
