@@ -3,11 +3,13 @@ processes, and the scaling efficiency that implies.
 
     python bench/ddp_scaling.py [--processes 1 2 4] [--repeats 3]
 
-Each setting runs the real entry point twice, for 1 and for 3 epochs of ``experiment=quickstart``
-(800 images an epoch, batch 16 per process, validation off); the difference of the two wall
-times is two epochs of training with start-up, process launch and compilation cancelled out.
-Every process gets cores // processes intra-op threads, so the processes share the machine
-instead of oversubscribing it. Runs alternate between settings; the median is reported.
+Each setting runs the real entry point twice, for 1 and for 3 epochs of
+``experiment=quickstart`` (800 images an epoch, not the quickstart's 400, and the default memory
+format: the workload the README's figures were measured on; batch 16 per process, validation
+off); the difference of the two wall times is two epochs of training with start-up, process
+launch and compilation cancelled out. Every process gets cores // processes intra-op threads, so
+the processes share the machine instead of oversubscribing it. Runs alternate between settings;
+the median is reported.
 
 Efficiency = throughput(N) / (N x throughput(1)) measures what DDP costs on one machine: with
 as many processes as cores and one thread each, the ideal is 1.0; gradient all-reduce over gloo
@@ -36,6 +38,7 @@ def run(processes: int, epochs: int, workdir: Path) -> float:
     args = [
         sys.executable, "-m", "fcn.train", "experiment=quickstart", "logger=none",
         f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", f"trainer.devices={processes}",
+        f"data.train_set.num_images={IMAGES_PER_EPOCH}", "module.channels_last=false",
         "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={workdir / f'p{processes}_e{epochs}_{time.monotonic_ns()}'}",
