@@ -39,6 +39,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: The list of a run's outputs, written into its output folder.
 MANIFEST = "predict.json"
 OUTPUT_KINDS = ("masks", "overlays")
+#: Names of a class 0 that is the background (left untinted on overlays).
+BACKGROUND_NAMES = ("background", "_background_", "bg")
 
 
 def read_manifest(folder: Path) -> set[str]:
@@ -165,6 +167,8 @@ def predict(cfg: DictConfig) -> int:
     )  # fmt: skip
     names = {path: [t.relative_to(out).as_posix() for t in plan[path]] for path in images}
     write_manifest(out, cfg, listed.union(*names.values()))  # before any output is written
+    # a class named background stays untinted on the overlays; otherwise every class is tinted
+    untinted = 0 if model.class_names[0].lower() in BACKGROUND_NAMES else None
     failed = []
     for path in tqdm(images, desc="predict", unit="image", disable=len(images) == 1):
         try:
@@ -176,7 +180,8 @@ def predict(cfg: DictConfig) -> int:
         mask = predict_mask(model, image, device, cfg.max_size, scorer)
         mask_path, overlay_path = plan[path]
         save_png(mask_image(mask, model.class_colors), mask_path)
-        save_png(overlay(image, mask, cfg.overlay_alpha, model.class_colors), overlay_path)
+        tinted = overlay(image, mask, cfg.overlay_alpha, model.class_colors, untinted)
+        save_png(tinted, overlay_path)
     write_manifest(out, cfg, listed.union(*(names[p] for p in images if p not in failed)))
     done = len(images) - len(failed)
     print(f"{done} mask(s) and overlay(s) written to {out / 'masks'} and {out / 'overlays'}")

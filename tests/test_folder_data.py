@@ -240,6 +240,11 @@ def test_a_folder_run_serves_predict_export_figure_and_compare(workdir: Path) ->
     mask = Image.open(out / "masks" / "90.png")
     assert mask.mode == "P" and mask.size == (56, 40)
     assert mask.getpalette()[:12] == [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+    # class 0 is not named background here, so its pixels are tinted too (black at alpha 0.5)
+    shown = np.asarray(Image.open(out / "overlays" / "90.png"), dtype=int)
+    original = np.asarray(Image.open(image), dtype=int)
+    zero = np.asarray(mask) == 0
+    assert zero.any() and np.abs(shown[zero] - (original[zero] + 1) // 2).max() <= 1
 
     onnx = workdir / "model.onnx"
     proc = run_train([f"ckpt_path={ckpt}", f"output_file={onnx}", "check_sizes=[[40,56]]",
