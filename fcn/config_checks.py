@@ -29,6 +29,11 @@ def _apply(group: str, check: Callable[..., None], **values: Any) -> None:
 
 def check_data_config(data: DictConfig) -> None:
     """Raise :class:`ConfigError` for a ``data`` config value that cannot work."""
+    if OmegaConf.is_missing(data, "num_classes"):
+        raise ConfigError(
+            "data.num_classes is not set: give the number of classes of your data, e.g. "
+            "data.num_classes=5 (void, 255, is not a class)"
+        )
     _apply(
         "data", check_data_args, num_classes=data.get("num_classes"),
         class_names=data.get("class_names"), batch_size=data.get("batch_size"),

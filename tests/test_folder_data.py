@@ -295,3 +295,27 @@ def test_a_data_config_of_ones_own_outside_the_package(workdir: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = (run / "config.yaml").read_text()
     assert "split_by: lists" in config and str(root) in config
+
+
+def test_a_folder_run_without_a_class_count_says_which_key_to_set(workdir: Path) -> None:
+    root = folder_tree(workdir / "tree")
+    proc = run_train(["data=folder", f"data.train_set.root={root}", "debug=tiny", "logger=none",
+                      f"hydra.run.dir={workdir / 'r'}"], workdir)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: data.num_classes is not set")
+
+
+@pytest.mark.parametrize("option", ["folder", "cityscapes", "ade20k"])
+def test_prepare_check_reports_the_statistics_of_each_layout(option: str, tmp_path: Path) -> None:
+    from fcn.data.prepare import main
+
+    make = {"folder": folder_tree, "cityscapes": cityscapes_tree, "ade20k": ade20k_tree}[option]
+    root = make(tmp_path / "tree")
+    out = tmp_path / "stats.json"
+    args = ["--check", f"data={option}", f"data.train_set.root={root}", "--output", str(out)]
+    if option == "folder":
+        args.append("data.num_classes=3")
+    assert main(args) == 0
+    report = json.dumps(json.loads(out.read_text()))
+    names = {"folder": "class 2", "cityscapes": "sky", "ade20k": "flag"}[option]
+    assert names in report
