@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fcn.data.datamodule import check_data_args
 from fcn.errors import ConfigError
+from fcn.models.downloads import RELEASED
 from fcn.models.fcn import check_fcn_args
 from fcn.models.weights import WEIGHT_SOURCES
 from fcn.training.module import check_class_weights, check_loss_reduction
@@ -103,6 +104,10 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
         raise ConfigError(f"weights.source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
     if "weights" in cfg and OmegaConf.is_missing(cfg.weights, "path"):
         raise ConfigError(f"weights.path must name the weights file to start from ({source})")
+    if "weights" in cfg and OmegaConf.is_missing(cfg.weights, "name"):
+        raise ConfigError(
+            f"weights.name must name the released model to start from: one of {list(RELEASED)}"
+        )
     _apply("module", check_loss_reduction, loss_reduction=cfg.module.get("loss_reduction"))
     _apply(
         "module", check_class_weights, class_weights=cfg.module.get("class_weights"),

@@ -29,6 +29,7 @@ from fcn.data.datamodule import check_class_colors
 from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
+from fcn.models.downloads import RELEASED, WeightFile, fetch
 from fcn.models.fcn import FCN
 from fcn.models.tiling import WINDOW_BATCH, TiledScorer, check_tiling_args
 from fcn.models.weights import load_fcn_state
@@ -117,9 +118,38 @@ def require_data(cfg: DictConfig, ckpt_path: str) -> None:
         )
 
 
+#: ``ckpt_path=released:<name>``: one of the paper's released models, fetched on first use.
+RELEASED_PREFIX = "released:"
+
+
+def released_file(ckpt_path: str) -> tuple[Path, WeightFile] | None:
+    """For ``released:<name>``, the checked local file (fetched on first use) and its entry;
+    None for any other path."""
+    if not str(ckpt_path).startswith(RELEASED_PREFIX):
+        return None
+    name = str(ckpt_path).removeprefix(RELEASED_PREFIX)
+    if name not in RELEASED:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: the released models are "
+            + ", ".join(RELEASED_PREFIX + n for n, e in RELEASED.items() if e.model)
+        )
+    entry = RELEASED[name]
+    if entry.model is None:
+        raise ConfigError(f"ckpt_path={ckpt_path} is a VGG16 trunk, not an FCN")
+    return fetch(entry), entry
+
+
 def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     """The network of ``ckpt_path``, every layer taken from the file, in eval mode on the CPU,
-    with ``cfg`` completed from the file (:func:`completed_config`; ``cfg`` is not changed)."""
+    with ``cfg`` completed from the file (:func:`completed_config`; ``cfg`` is not changed).
+
+    ``released:<name>`` (``released:fcn8s``, ...) is the paper's released model of that name,
+    fetched and checked on first use, scored with the Caffe normalisation it needs; its
+    network must be chosen to match (``model=fcn8``)."""
+    released = released_file(ckpt_path)
+    if released is not None:
+        cfg = _for_released(cfg, ckpt_path, released[1])
+        ckpt_path = str(released[0])
     state, stored = read_checkpoint(ckpt_path)
     completed = completed_config(cfg, stored, ckpt_path)  # refuses a stored config first
     check_model_config(completed.model)
@@ -134,6 +164,24 @@ def load_model(cfg: DictConfig, ckpt_path: str) -> LoadedModel:
     return LoadedModel(
         net.eval(), data.normalization, list(names), colors, Path(ckpt_path), stored, completed
     )
+
+
+def _for_released(cfg: DictConfig, name: str, entry: WeightFile) -> DictConfig:
+    """A copy of ``cfg`` set for a released model: its normalisation, and a check that the
+    network chosen is the model's variant."""
+    cfg = copy.deepcopy(cfg)
+    chosen = (cfg.get("model") or {}).get("skips")
+    expected = {"fcn32": [], "fcn16": ["pool4"], "fcn8": ["pool4", "pool3"],
+                "fcn8_atonce": ["pool4", "pool3"]}[entry.model]  # fmt: skip
+    scaling = bool((cfg.get("model") or {}).get("skip_scaling"))
+    if chosen is None or list(chosen) != expected or scaling != (entry.model == "fcn8_atonce"):
+        raise ConfigError(f"{name} is the network model={entry.model}: add model={entry.model}")
+    with open_dict(cfg):
+        if cfg.get("data") is None:
+            cfg.data = {}
+        cfg.data.normalization = entry.normalization
+    log.info("%s: %s (data.normalization=%s)", name, entry.filename, entry.normalization)
+    return cfg
 
 
 def pick_device(name: str = "auto") -> torch.device:

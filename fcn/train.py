@@ -26,7 +26,7 @@ from fcn.checkpoint import check_resumable
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import write_text
-from fcn.models.weights import init_weights
+from fcn.models.weights import init_weights, provenance, weights_file
 from fcn.resume import RESUME_SOURCE_ENV
 from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
 from fcn.stored_config import check_run_targets
@@ -68,9 +68,12 @@ def train(cfg: DictConfig) -> float | None:
     _keep_drawn_splits(datamodule, output_dir)
     net = instantiate(cfg.model)
     if cfg.ckpt_path is None:
-        new = init_weights(net, cfg.weights.source, cfg.weights.path)
+        path = _weights_file(cfg.weights)
+        new = init_weights(net, cfg.weights.source, path)
         if new:
-            log.info("layers new to this model (not in %s): %s", cfg.weights.path, ", ".join(new))
+            log.info("layers new to this model (not in %s): %s", path, ", ".join(new))
+        with open_dict(cfg):  # which file initialised the run, in its config and metrics.json
+            cfg.weights.update(provenance(path))
     else:  # every weight comes from the checkpoint
         log.info("resuming from %s", cfg.ckpt_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -104,6 +107,17 @@ def train(cfg: DictConfig) -> float | None:
         best = trainer.callback_metrics.get("val/mIoU")
     _report(cfg, output_dir)
     return float(best) if best is not None else None
+
+
+def _weights_file(weights: DictConfig) -> Path | None:
+    """The local file of the weights config, fetched on first use (``weights.name`` or
+    torchvision's VGG16); a value that cannot work is a ConfigError naming its key."""
+    try:
+        return weights_file(
+            weights.source, weights.get("path"), weights.get("name"), weights.get("url")
+        )
+    except ValueError as err:
+        raise ConfigError(f"weights.{err}") from None
 
 
 @rank_zero_only

@@ -151,13 +151,16 @@ def test_loggers_combine_and_none_means_none() -> None:
 @pytest.mark.parametrize(
     ("option", "normalization"),
     [("none", "torchvision"), ("imagenet", "torchvision"), ("imagenet_caffe", "caffe"),
-     ("fcn", "torchvision")],
+     ("fcn", "torchvision"), ("released", "caffe")],
 )  # fmt: skip
 def test_weights_options_compose_with_their_normalisation(option: str, normalization: str) -> None:
     cfg = compose_train([f"weights={option}", "data=voc2012"])
     assert cfg.data.normalization == normalization
-    if option in ("imagenet_caffe", "fcn"):
-        with pytest.raises(ConfigError, match="weights.path"):
+    needs = {"fcn": "weights.path=w.pth", "released": "weights.name=fcn8s"}.get(option)
+    if needs:
+        with pytest.raises(ConfigError, match=needs.split("=")[0]):
             check_config(cfg)
-        cfg = compose_train([f"weights={option}", "data=voc2012", "weights.path=w.pth"])
+        cfg = compose_train([f"weights={option}", "data=voc2012", needs])
     check_config(cfg)
+    if option == "imagenet_caffe":  # fetched on first use: nothing to give
+        assert cfg.weights.name == "vgg16_caffe" and cfg.weights.path is None

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import re
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from fcn.data import prepare
 from fcn.data.pascal import PAPER_SPLITS, PascalDataset
 from fcn.data.prepare import main, unsafe_member
 from fcn.data.voc_seed import SeedVOC
+from tests.loopback import Server
 from tests.seed_tree import write_pascal_tree
 
 SPLITS = {
@@ -35,44 +34,12 @@ SEED = {"train_mat": ["2008_000001", "2008_000002", "2008_000003"],
         "val_mat": ["2008_000004"], "train_png": ["2007_000010"]}  # fmt: skip
 
 
-class _Server:
-    """Serves a folder over HTTP on 127.0.0.1; counts requests; can cut the next one short."""
-
-    def __init__(self, folder: Path) -> None:
-        self.requests = 0
-        self.truncate_next = False
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests += 1
-                if server.truncate_next:
-                    server.truncate_next = False
-                    data = (folder / self.path.lstrip("/")).read_bytes()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    return
-                super().do_GET()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
-def archives(tmp_path: Path) -> Iterator[tuple[_Server, list[str], Path]]:
+def archives(tmp_path: Path) -> Iterator[tuple[Server, list[str], Path]]:
     seg11 = (PAPER_SPLITS / "seg11valid.txt").read_text().split()
     tree = write_pascal_tree(tmp_path / "src", SPLITS, extra_voc=seg11, size=(12, 16))
     served = tmp_path / "served"
@@ -85,7 +52,7 @@ def archives(tmp_path: Path) -> Iterator[tuple[_Server, list[str], Path]]:
     seed_splits.mkdir()
     for name, ids in SEED.items():
         (seed_splits / f"{name}.txt").write_text("\n".join(ids) + "\n")
-    server = _Server(served)
+    server = Server(served)
     args = [
         "--voc-url", f"{server.url}/VOCtrainval_11-May-2012.tar",
         "--voc-md5", _md5(served / "VOCtrainval_11-May-2012.tar"),
@@ -206,14 +173,14 @@ def _ade_zip(path: Path, extra: tuple[str, ...] = ()) -> str:
 
 
 @pytest.fixture
-def ade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Server, list[str]]]:
+def ade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, list[str]]]:
     """A loopback server holding an ADE20K-like zip whose SHA-1 is the source's."""
     served = tmp_path / "served"
     served.mkdir()
     sha1 = _ade_zip(served / f"{ADE}.zip")
     source = dataclasses.replace(prepare.SOURCES["ade20k"], checksum=sha1)
     monkeypatch.setitem(prepare.SOURCES, "ade20k", source)
-    server = _Server(served)
+    server = Server(served)
     yield server, ["--dataset", "ade20k", "--ade20k-url", f"{server.url}/{ADE}.zip"]
     server.httpd.shutdown()
 

@@ -113,12 +113,20 @@ def test_imagenet_vgg16_fills_trunk_and_reshaped_fc_layers(tmp_path: Path) -> No
 def test_missing_imagenet_file_says_what_to_put_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without the file and without a network (here: a closed port on the loopback address
+    standing in for torchvision's server), one error names the URL and the exact path."""
+    import dataclasses
+
+    from fcn.models import weights
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    offline = dataclasses.replace(weights.TORCHVISION_VGG16, url=f"http://127.0.0.1:9/{VGG16_FILE}")
+    monkeypatch.setattr(weights, "TORCHVISION_VGG16", offline)
     with pytest.raises(DataError) as err:
         load_vgg16_imagenet(FCN(skips=(), num_classes=21, trunk_width=64, fc_width=4096))
     message = str(err.value)
-    assert f"https://download.pytorch.org/models/{VGG16_FILE}" in message
-    assert str(tmp_path / "hub" / "checkpoints" / VGG16_FILE) in message
+    assert f"cannot download http://127.0.0.1:9/{VGG16_FILE}" in message
+    assert f"put the file at {tmp_path / 'hub' / 'checkpoints' / VGG16_FILE}" in message
 
 
 def test_staged_run_through_the_entry_point(workdir: Path) -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from fcn.checkpoint import read_weights
 from fcn.errors import DataError
+from fcn.models.downloads import RELEASED, TORCHVISION_VGG16, fetch, file_digests
 from fcn.models.fcn import FCN
 
-VGG16_FILE = "vgg16-397923af.pth"
-VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+VGG16_FILE = TORCHVISION_VGG16.filename
+VGG16_URL = TORCHVISION_VGG16.url
 #: torchvision VGG16 ``features`` indices of the 13 convs, in order conv1_1 ... conv5_3.
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 #: Layers a staged run may add to the file it starts from (the paper's 32s -> 16s -> 8s).
@@ -92,16 +92,11 @@ def vgg16_to_fcn(vgg: Mapping[str, Tensor], net: FCN) -> dict[str, Tensor]:
 def load_vgg16_imagenet(net: FCN, path: str | Path | None = None) -> None:
     """Initialise the trunk and fc6/fc7 from ImageNet VGG16 (the 1000-way classifier dropped).
 
-    ``path`` None takes torchvision's file from the torch hub cache; nothing is downloaded here,
-    so without network and file the error says which file to put where.
+    ``path`` None: torchvision's file from the torch hub cache, fetched and checked there on
+    first use (:func:`fcn.models.downloads.fetch`).
     """
     if path is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
-        if not path.is_file():
-            raise DataError(
-                f"ImageNet VGG16 weights not found: put {VGG16_URL} at {path} (torch's hub "
-                "cache), or give the file with weights.path=<file>"
-            )
+        path = fetch(TORCHVISION_VGG16)
     state = read_weights(path)
     try:
         converted = vgg16_to_fcn(state, net)
@@ -118,6 +113,37 @@ def _describe(net: FCN) -> str:
 
 
 WEIGHT_SOURCES = ("none", "imagenet", "fcn")
+
+
+def weights_file(
+    source: str, path: str | Path | None = None, name: str | None = None, url: str | None = None
+) -> Path | None:
+    """The local file a weights config names: ``path`` as given, else the file ``name`` (one of
+    :data:`fcn.models.downloads.RELEASED`) or, for ``imagenet``, torchvision's VGG16, fetched
+    and checked on first use (``url``: a mirror); None for ``source=none``."""
+    if source not in WEIGHT_SOURCES:
+        raise ValueError(f"source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
+    if path is not None:
+        return Path(path).expanduser()
+    if name is not None:
+        if name not in RELEASED:
+            raise ValueError(f"name must be one of {list(RELEASED)}, got {name!r}")
+        return fetch(RELEASED[name], url)
+    if source == "imagenet":
+        return fetch(TORCHVISION_VGG16, url)
+    if source == "fcn":
+        raise ValueError(
+            "path must name an FCN weights file when source is fcn (or use "
+            f"weights=released weights.name=<one of {list(RELEASED)}>)"
+        )
+    return None
+
+
+def provenance(path: Path | None) -> dict[str, str | None]:
+    """What a run records about the file that initialised it: its path and SHA-256."""
+    if path is None:
+        return {"file": None, "sha256": None}
+    return {"file": str(Path(path).resolve()), "sha256": file_digests(Path(path))["sha256"]}
 
 
 def init_weights(net: FCN, source: str = "none", path: str | Path | None = None) -> list[str]:

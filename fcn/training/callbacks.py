@@ -7,11 +7,13 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.data.labels import IGNORE_INDEX
@@ -31,12 +33,20 @@ class MetricsFile(pl.Callback):
     after every epoch, on rank zero only.
     """
 
-    def __init__(self, path: str | Path, monitor: str = "val/mIoU", mode: str = "max") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        monitor: str = "val/mIoU",
+        mode: str = "max",
+        initial_weights: Mapping[str, Any] | None = None,
+    ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.path = Path(path)
         self.monitor = monitor
         self.mode = mode
+        # which weights initialised the run (the weights option, its file and SHA-256)
+        self.initial_weights = _plain_dict(initial_weights)
         self.history: list[dict[str, Any]] = []
         self._pending_val: dict[str, float] | None = None
         self._epoch_started: float | None = None
@@ -108,9 +118,18 @@ class MetricsFile(pl.Callback):
             "best": best,
             "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
             "last_checkpoint": (last[0].best_model_path or None) if last else None,
+            "initial_weights": self.initial_weights,
             "history": self.history,
         }
         write_text(self.path, json.dumps(_json_safe(doc), indent=2) + "\n")
+
+
+def _plain_dict(mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if mapping is None:
+        return None
+    if isinstance(mapping, DictConfig):
+        return OmegaConf.to_container(mapping, resolve=True)
+    return dict(mapping)
 
 
 def _scalars(metrics: dict[str, Any], prefix: str | tuple[str, ...]) -> dict[str, float]:
