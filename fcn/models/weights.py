@@ -123,6 +123,8 @@ def weights_file(
     and checked on first use (``url``: a mirror); None for ``source=none``."""
     if source not in WEIGHT_SOURCES:
         raise ValueError(f"source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
+    if source == "none":
+        return None
     if path is not None:
         return Path(path).expanduser()
     if name is not None:
@@ -136,7 +138,7 @@ def weights_file(
             "path must name an FCN weights file when source is fcn (or use "
             f"weights=released weights.name=<one of {list(RELEASED)}>)"
         )
-    return None
+    return None  # not reached: the sources are none, imagenet and fcn
 
 
 def provenance(path: Path | None) -> dict[str, str | None]:
