@@ -72,7 +72,9 @@ def train(cfg: DictConfig) -> float | None:
         new = init_weights(net, cfg.weights.source, path)
         if new:
             log.info("layers new to this model (not in %s): %s", path, ", ".join(new))
-        with open_dict(cfg):  # which file initialised the run, in its config and metrics.json
+        with open_dict(cfg):  # which option and file initialised the run (config, metrics.json)
+            if HydraConfig.initialized():
+                cfg.weights.option = HydraConfig.get().runtime.choices.get("weights")
             cfg.weights.update(provenance(path))
     else:  # every weight comes from the checkpoint
         log.info("resuming from %s", cfg.ckpt_path)

@@ -43,12 +43,44 @@ def test_a_torchvision_style_file_is_fetched_checked_and_then_used_from_the_cach
     prefix = hashlib.sha256(data).hexdigest()[:8]
     server, url = _served(tmp_path, data, f"vgg16-{prefix}.pth")
     entry = WeightFile(f"vgg16-{prefix}.pth", url, f"sha256-prefix:{prefix}", "torchvision")
-    path = fetch(entry, progress=False)
-    assert path == hub / entry.filename and path.read_bytes() == data and server.requests == 1
-    assert fetch(entry) == path and server.requests == 1  # cached: no second request
+    server.truncate_next = True  # an interrupted transfer is never used, not even in part
+    with pytest.raises(DataError, match="cannot download"):
+        fetch(entry, progress=False)
+    assert sorted(p.name for p in hub.iterdir()) == [entry.filename + ".lock"]
+    path = fetch(entry, progress=False)  # the next run starts the download again, whole
+    assert path == hub / entry.filename and path.read_bytes() == data and server.requests == 2
     path.write_bytes(b"damaged")  # a cached file that no longer checks out is fetched again
-    assert fetch(entry).read_bytes() == data and server.requests == 2
+    assert fetch(entry).read_bytes() == data and server.requests == 3
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    assert fetch(entry) == path  # cached: used with the server down
     assert sorted(p.name for p in hub.iterdir()) == [entry.filename, entry.filename + ".lock"]
+
+
+@pytest.mark.parametrize("kind", ["md5", "sha256-prefix"])
+def test_a_cut_transfer_of_a_drive_file_is_never_used(kind: str, hub: Path, tmp_path: Path) -> None:
+    data = b"released" * 5000
+    checksum = ("md5:" + hashlib.md5(data).hexdigest() if kind == "md5"
+                else "sha256-prefix:" + hashlib.sha256(data).hexdigest()[:8])  # fmt: skip
+    server, url = _served(tmp_path, data, "w.pth")
+    entry = WeightFile("w.pth", url, checksum, "caffe", "fcn8")
+    server.truncate_next = True
+    with pytest.raises(DataError, match=f"cannot download {url}"):
+        fetch(entry, progress=False)
+    assert not (hub / "w.pth").exists()
+    assert fetch(entry, progress=False).read_bytes() == data
+
+
+def test_an_unwritable_cache_is_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "torch_home"
+    (home / "hub").mkdir(parents=True)
+    (home / "hub" / "checkpoints").write_text("a file where the cache folder must be")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    entry = WeightFile("w.pth", "http://127.0.0.1:9/w.pth", "md5:" + "0" * 32, "caffe")
+    with pytest.raises(DataError, match=r"cannot write to the weights cache .*set TORCH_HOME"):
+        fetch(entry, progress=False)
 
 
 def test_a_file_that_does_not_check_out_is_never_kept(hub: Path, tmp_path: Path) -> None:
@@ -135,7 +167,7 @@ def test_training_from_a_released_model_fetches_it_and_records_it(
     assert config["weights"]["file"] == str(hub / "fcn8s_from_caffe.pth")
     assert config["data"]["normalization"] == "caffe"
     initial = json.loads((run / "metrics.json").read_text())["initial_weights"]
-    assert initial["source"] == "fcn" and initial["sha256"] == sha256
+    assert initial["option"] == "released" and initial["sha256"] == sha256
     proc = run_train([*args[:-1], f"hydra.run.dir={workdir / 'again'}"], workdir,
                      env={"TORCH_HOME": str(hub.parents[1])})  # fmt: skip
     assert proc.returncode == 0 and server.requests == 1  # the second run used the cache

@@ -102,25 +102,37 @@ def fetch(entry: WeightFile, url: str | None = None, progress: bool = True) -> P
 
     url = url or entry.url
     path = cache_dir() / entry.filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # the other processes wait here for a whole file
-        if path.is_file():
-            if matches(file_digests(path), entry.checksum):
-                return path
-            log.warning("%s does not match its checksum %s: fetching it again", path,
-                        entry.checksum)  # fmt: skip
-        log.info("downloading %s to %s", url, path)
-        try:
-            _download(entry, url, path, progress)
-        except Exception as err:  # network, HTTP, Drive and checksum failures alike
-            raise DataError(
-                f"cannot download {url} ({type(err).__name__}: {_first_line(err)}): put the "
-                f"file at {path} (checked against {entry.checksum}), or give "
-                "weights.path=<file>"
-            ) from None
-        if not matches(file_digests(path), entry.checksum):  # never reached: both check
-            path.unlink()
-            raise DataError(f"{url} arrived but does not match {entry.checksum}; re-run")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as err:
+        raise DataError(
+            f"cannot write to the weights cache {path.parent} ({err.strerror or err}): set "
+            "TORCH_HOME to a writable folder, or download the file yourself and give "
+            f"weights.path=<file> ({url}, checked against {entry.checksum})"
+        ) from None
+    try:  # the other processes wait at the lock for a whole, checked file
+        return _fetch_locked(entry, url, path, progress)
+    finally:
+        lock.release()
+
+
+def _fetch_locked(entry: WeightFile, url: str, path: Path, progress: bool) -> Path:
+    """:func:`fetch` once the lock is held."""
+    if path.is_file():
+        if matches(file_digests(path), entry.checksum):
+            return path
+        log.warning("%s does not match its checksum %s: fetching it again (it is replaced "
+                    "only by a whole, checked file)", path, entry.checksum)  # fmt: skip
+    log.info("downloading %s to %s", url, path)
+    try:
+        _download(entry, url, path, progress)
+    except Exception as err:  # network, HTTP, Drive, cut transfers and checksums alike
+        raise DataError(
+            f"cannot download {url} ({type(err).__name__}: {_first_line(err)}): put the file "
+            f"at {path} (checked against {entry.checksum}), or give weights.path=<file>"
+        ) from None
     return path
 
 
