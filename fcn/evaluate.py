@@ -24,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import refuse_existing, write_text
-from fcn.inference import load_model, require_data, tiling_options
+from fcn.inference import RELEASED_PREFIX, load_model, require_data, tiling_options
 from fcn.models.tiling import TiledScorer
 from fcn.scores import METRIC_NAMES
 from fcn.training.module import FCNModule
@@ -40,10 +40,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     tiling = tiling_options(cfg)
+    refuse_existing(cfg.output_file, cfg.overwrite)  # before anything is read or downloaded
+    if str(cfg.ckpt_path).startswith(RELEASED_PREFIX):  # a download stores no data config
+        require_data(cfg, cfg.ckpt_path)
     loaded = load_model(cfg, cfg.ckpt_path)
     net, cfg = loaded.net, loaded.config  # model and data completed from the file
     require_data(cfg, cfg.ckpt_path)
-    refuse_existing(cfg.output_file, cfg.overwrite)
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
         # only validation data is read: resolve its set first (its root may name train_set's)

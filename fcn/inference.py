@@ -29,7 +29,7 @@ from fcn.data.datamodule import check_class_colors
 from fcn.data.readers import VOC_CLASSES
 from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
-from fcn.models.downloads import RELEASED, WeightFile, fetch
+from fcn.models.downloads import RELEASED, WeightFile, check_fits, fetch
 from fcn.models.fcn import FCN
 from fcn.models.tiling import WINDOW_BATCH, TiledScorer, check_tiling_args
 from fcn.models.weights import load_fcn_state
@@ -111,7 +111,8 @@ def completed_config(cfg: DictConfig, stored: dict | None, ckpt_path: str) -> Di
 
 def require_data(cfg: DictConfig, ckpt_path: str) -> None:
     """Refuse a ``cfg.data`` that names no datasets (the checkpoint stored none)."""
-    if "_target_" not in cfg.data or "val_set" not in cfg.data:
+    data = cfg.get("data") or {}
+    if "_target_" not in data or "val_set" not in data:
         raise ConfigError(
             f"{ckpt_path} stores no data config (not one of our checkpoints): choose the data, "
             "e.g. data=seg11valid"
@@ -170,12 +171,11 @@ def _for_released(cfg: DictConfig, name: str, entry: WeightFile) -> DictConfig:
     """A copy of ``cfg`` set for a released model: its normalisation, and a check that the
     network chosen is the model's variant."""
     cfg = copy.deepcopy(cfg)
-    chosen = (cfg.get("model") or {}).get("skips")
-    expected = {"fcn32": [], "fcn16": ["pool4"], "fcn8": ["pool4", "pool3"],
-                "fcn8_atonce": ["pool4", "pool3"]}[entry.model]  # fmt: skip
-    scaling = bool((cfg.get("model") or {}).get("skip_scaling"))
-    if chosen is None or list(chosen) != expected or scaling != (entry.model == "fcn8_atonce"):
-        raise ConfigError(f"{name} is the network model={entry.model}: add model={entry.model}")
+    model = cfg.get("model") or {}
+    try:
+        check_fits(entry, name, model.get("skips") or [], model.get("skip_scaling") or False)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     with open_dict(cfg):
         if cfg.get("data") is None:
             cfg.data = {}

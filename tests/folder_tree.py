@@ -23,10 +23,13 @@ def scene(seed: int, size: tuple[int, int], values: list[int]) -> tuple[np.ndarr
 
 
 def save_mask(mask: np.ndarray, path: Path, mode: str = "L") -> None:
-    """Write raw mask values as a PNG: ``L`` (8-bit), ``P`` (palette) or ``I;16``."""
+    """Write raw mask values as a PNG: ``L`` (8-bit), ``P`` (palette), ``I;16`` or ``1``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if mode == "I;16":
         Image.fromarray(mask.astype(np.uint16)).save(path)
+        return
+    if mode == "1":
+        Image.fromarray(mask.astype(bool)).save(path)
         return
     img = Image.fromarray(mask.astype(np.uint8), mode="L")
     if mode == "P":

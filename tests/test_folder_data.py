@@ -28,8 +28,9 @@ def test_folders_layout_pairs_files_by_id_and_reads_the_classes_file(tmp_path: P
     root = folder_tree(tmp_path / "data")
     train = FolderDataset(root, "train", num_classes=3)
     val = FolderDataset(root, "val", num_classes=3)
-    assert train.ids == ["00", "01", "02", "03", "04", "05", "b/00", "b/01"]
-    assert val.ids == ["90", "b/91", "b/92", "b/93"]
+    names = ["00", "01", "02", "03", "04", "05", "b/00", "b/01"]
+    assert train.ids == [f"train/{n}" for n in names]  # paths under images/: no false overlap
+    assert val.ids == ["val/90", "val/b/91", "val/b/92", "val/b/93"]
     assert train.class_names == ["class 0", "class 1", "class 2"]
     assert train.class_colors == [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
     image, label = train[6]
@@ -59,19 +60,21 @@ def test_a_drawn_split_is_disjoint_complete_and_the_same_for_the_same_seed(tmp_p
             ("train", "val")}  # fmt: skip
     train, val = draw["train"].ids, draw["val"].ids
     assert len(val) == 5 and not set(train) & set(val) and sorted(train + val) == ids
+    with pytest.raises(DataError, match="split_seed must be an integer >= 0, got None"):
+        FolderDataset(root, "val", 2, split_by="fraction", split_seed=None)
     again = FolderDataset(root, "val", 2, split_by="fraction", val_fraction=0.25)
     other = FolderDataset(root, "val", 2, split_by="fraction", val_fraction=0.25, split_seed=1)
     assert again.ids == val and other.ids != val and draw["val"].drawn
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "P", "I;16", "1"])
 def test_masks_are_read_as_indices_whatever_their_png_mode(mode: str, tmp_path: Path) -> None:
     root = tmp_path / "data"
-    values = [0, 1, 2] if mode != "I;16" else [0, 1, 300]
+    values = {"I;16": [0, 1, 300], "1": [0, 1]}.get(mode, [0, 1, 2])
     write_pairs(root, ["a"], values, "images/train", "masks/train", mode=mode)
     label_map = {0: 0, 1: 1, 300: 2} if mode == "I;16" else None
     _, label = FolderDataset(root, "train", 3, label_map=label_map)[0]
-    assert set(np.unique(label).tolist()) == {0, 1, 2}
+    assert set(np.unique(label).tolist()) == set(range(len(values)))
 
 
 def test_ignore_index_reduce_zero_label_and_label_map(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_training_from_a_released_model_fetches_it_and_records_it(
 def test_one_command_evaluates_a_released_model(
     workdir: Path, hub: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _small_released(workdir, monkeypatch)
+    server, _ = _small_released(workdir, monkeypatch)
     out = workdir / "evaluation.json"
     args = [*EVAL, "ckpt_path=released:fcn8s", "model=fcn8", "model.alignment=same",
             f"output_file={out}", f"hydra.run.dir={workdir / 'e'}"]  # fmt: skip
@@ -188,6 +188,43 @@ def test_one_command_evaluates_a_released_model(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/mIoU" in json.loads(out.read_text())["metrics"]
     assert "released:fcn8s: fcn8s_from_caffe.pth (data.normalization=caffe)" in proc.stdout
-    wrong = [a.replace("model=fcn8", "model=fcn32") for a in args]
+    wrong = [
+        a.replace("model=fcn8", "model=fcn32").replace("evaluation.json", "w.json") for a in args
+    ]
     proc = run_train([*wrong[:-1], "hydra.run.dir=y"], workdir, entry="evaluate", env=env)
     assert proc.returncode == 1 and "add model=fcn8" in proc.stderr
+    # cheap refusals come before any download: an existing output, no data to score on
+    (hub / "fcn8s_from_caffe.pth").unlink()
+    proc = run_train([*args[:-1], "hydra.run.dir=z"], workdir, entry="evaluate", env=env)
+    assert proc.returncode == 1 and "already exists" in proc.stderr
+    no_data = ["ckpt_path=released:fcn8s", "model=fcn8", f"output_file={workdir / 'n.json'}"]
+    proc = run_train([*no_data, "hydra.run.dir=w"], workdir, entry="evaluate", env=env)
+    assert proc.returncode == 1 and "choose the data" in proc.stderr
+    assert server.requests == 1 and not (hub / "fcn8s_from_caffe.pth").exists()
+
+
+def test_a_released_model_of_another_network_is_refused_before_downloading(
+    workdir: Path, hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = _small_released(workdir, monkeypatch)
+    args = [*TINY, "model=fcn32", "weights=released", "weights.name=fcn8s", "hydra.run.dir=x"]
+    proc = run_train(args, workdir)
+    assert proc.returncode == 1 and server.requests == 0
+    assert "error: weights.name=fcn8s is the network model=fcn8: add model=fcn8" in proc.stderr
+
+
+def test_a_resumed_run_keeps_the_record_of_its_initial_weights(
+    workdir: Path, hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, data = _small_released(workdir, monkeypatch)
+    run = workdir / "run"
+    args = [*TINY, "weights=released", "weights.name=fcn8s", "logger=none"]
+    assert run_train([*args, f"hydra.run.dir={run}"], workdir).returncode == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    resumed = workdir / "resumed"
+    proc = run_train([*args, "trainer.max_epochs=2", f"ckpt_path={ckpt}",
+                      f"hydra.run.dir={resumed}"], workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    initial = json.loads((resumed / "metrics.json").read_text())["initial_weights"]
+    assert initial["option"] == "released"
+    assert initial["sha256"] == hashlib.sha256(data).hexdigest()

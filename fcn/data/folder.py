@@ -6,9 +6,10 @@ Under ``root``::
     <images>/[<split folder>/]<id><image_suffix>     e.g. images/train/street/0001.jpg
     <masks>/[<split folder>/]<id><mask_suffix>       e.g. masks/train/street/0001.png
 
-An id is a file's path under its folder without the suffix (``street/0001``); an image and a
-mask pair up by id. Masks are palette ("P") or single-channel ("L", 16-bit "I;16") PNGs whose
-pixel values are the class ids (a palette's colours are never read). The split comes from
+An image and a mask pair up by their path under their folder without the suffix
+(``street/0001``); the dataset's ``ids`` are paths under ``<images>`` (``train/street/0001``).
+Masks are palette ("P"), single-channel ("L", 16-bit "I;16") or 1-bit ("1") PNGs whose pixel
+values are the class ids (a palette's colours are never read). The split comes from
 ``split_by``:
 
 - ``folders``: sub-folders of ``<images>`` and ``<masks>`` (``split_folders``, by default
@@ -128,7 +129,7 @@ def read_mask(path: Path) -> np.ndarray:
     """The pixel values of an index mask (palette, 8-bit or 16-bit single channel)."""
     try:
         with Image.open(path) as img:
-            if img.mode in ("P", "L"):
+            if img.mode in ("P", "L", "1"):  # "1": a two-class mask, 0 and 1
                 return np.asarray(img, dtype=np.uint8)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 values = np.asarray(img)
@@ -172,6 +173,8 @@ class FolderDataset(Dataset):
         label_map: Mapping[int, int] | None = None,
     ) -> None:
         _check_options(split, split_by, num_classes, val_fraction, ignore_index, label_map)
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+            raise DataError(f"split_seed must be an integer >= 0, got {split_seed!r}")
         if reduce_zero_label and label_map is not None:
             raise DataError("give a FolderDataset reduce_zero_label or label_map, not both")
         self.root = Path(root).expanduser().resolve()
@@ -191,13 +194,16 @@ class FolderDataset(Dataset):
         self.mask_dir = self.root / masks / folder
         ids = self._find_ids(split_lists, val_fraction, split_seed)
         self._ids = np.array([i.encode() for i in ids], dtype=np.bytes_)
+        # ids name files under <images>: train/0001 and val/0001 are two images, not one
+        self._prefix = f"{folder}/" if folder else ""
         self.table = label_table(num_classes, ignore_index, reduce_zero_label, label_map)
         self.class_names, self.class_colors = self._classes(classes_file)
 
     @property
     def ids(self) -> list[str]:
-        """The split's ids, in order."""
-        return [i.decode() for i in self._ids]
+        """The split's ids, in order: paths under ``<images>`` without the suffix (with
+        ``split_by=folders``, the split folder included)."""
+        return [self._prefix + i.decode() for i in self._ids]
 
     @property
     def source(self) -> str:
@@ -216,7 +222,7 @@ class FolderDataset(Dataset):
             lists = dict({"train": "train.txt", "val": "val.txt"}, **(split_lists or {}))
             path = self.root / Path(lists[self.split]).expanduser()
             self.list_files.append(path)
-            ids = read_ids(path)
+            ids = read_ids(path, "data.train_set.split_lists names the lists, relative to root")
             missing = [
                 str(folder / f"{i}{suffix}")
                 for i in ids

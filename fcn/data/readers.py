@@ -85,8 +85,12 @@ def read_mat_label(path: Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def read_ids(path: Path) -> list[str]:
-    """Image ids of a split list file, one per line (blank lines ignored)."""
+VOC_LISTS_HINT = "python -m fcn.data.prepare downloads VOC2012 and SBD with their lists"
+
+
+def read_ids(path: Path, hint: str = VOC_LISTS_HINT) -> list[str]:
+    """Image ids of a split list file, one per line (blank lines ignored); ``hint`` ends the
+    message when the file cannot be read."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -95,10 +99,7 @@ def read_ids(path: Path) -> list[str]:
             " a split list holds one image id per line"
         ) from None
     except OSError as err:
-        raise DataError(
-            f"cannot read split list {path}: {err.strerror or err} (python -m fcn.data.prepare "
-            "downloads VOC2012 and SBD with their lists)"
-        ) from None
+        raise DataError(f"cannot read split list {path}: {err.strerror or err} ({hint})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -4,8 +4,9 @@
   :func:`torch.hub.download_url_to_file` (progress bar; the SHA-256 prefix in the file's name
   checked, as torchvision does) into ``<torch hub dir>/checkpoints/``.
 - The reference PyTorch port's conversions of the paper's Caffe models (``weights=imagenet_caffe``,
-  ``weights=released weights.name=fcn8s``, ...): Google Drive files, fetched with ``gdown``
-  (which handles Drive's confirmation pages) and checked against the MD5 the port publishes
+  ``weights=released weights.name=fcn8s``, ...): Google Drive files, fetched with
+  ``gdown.cached_download`` (which handles Drive's confirmation pages and, from gdown 6.5, stages
+  the download beside the target) and checked against the MD5 the port publishes
   (docs/paper.md#released-models), into the same folder.
 
 Both write beside the final name and rename once the file is whole and checked, so a cut
@@ -76,6 +77,22 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+#: The skips and skip scaling of each model option a released FCN fits.
+MODEL_SKIPS = {
+    "fcn32": ([], False), "fcn16": (["pool4"], False), "fcn8": (["pool4", "pool3"], False),
+    "fcn8_atonce": (["pool4", "pool3"], True),
+}  # fmt: skip
+
+
+def check_fits(entry: WeightFile, name: str, skips: list[str], skip_scaling: bool) -> None:
+    """Raise ValueError unless the network chosen (its skips and skip scaling) is the one the
+    released file ``name`` holds; a VGG16 trunk fits any network."""
+    if entry.model is None:
+        return
+    if (list(skips), bool(skip_scaling)) != MODEL_SKIPS[entry.model]:
+        raise ValueError(f"{name} is the network model={entry.model}: add model={entry.model}")
+
+
 def file_digests(path: Path) -> dict[str, str]:
     """MD5 and SHA-256 of a file, in one pass."""
     md5, sha256 = hashlib.md5(), hashlib.sha256()
@@ -102,6 +119,8 @@ def fetch(entry: WeightFile, url: str | None = None, progress: bool = True) -> P
 
     url = url or entry.url
     path = cache_dir() / entry.filename
+    if path.is_file() and matches(file_digests(path), entry.checksum):
+        return path  # no lock needed to read a whole, checked file (the cache may be read-only)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock")

@@ -141,11 +141,23 @@ def weights_file(
     return None  # not reached: the sources are none, imagenet and fcn
 
 
-def provenance(path: Path | None) -> dict[str, str | None]:
-    """What a run records about the file that initialised it: its path and SHA-256."""
-    if path is None:
-        return {"file": None, "sha256": None}
-    return {"file": str(Path(path).resolve()), "sha256": file_digests(Path(path))["sha256"]}
+def provenance(
+    path: Path | None, source: str = "none", name: str | None = None
+) -> dict[str, str | None]:
+    """What a run records about its initialisation: the weights option it amounts to, the
+    file's path and its SHA-256."""
+    if source == "none":
+        option = "none"
+    elif name == "vgg16_caffe":
+        option = "imagenet_caffe"
+    elif name is not None:
+        option = "released"
+    else:
+        option = source  # imagenet (torchvision's) or fcn (a file of one's own)
+    if path is None or source == "none":
+        return {"option": option, "file": None, "sha256": None}
+    digest = file_digests(Path(path))["sha256"]
+    return {"option": option, "file": str(Path(path).resolve()), "sha256": digest}
 
 
 def init_weights(net: FCN, source: str = "none", path: str | Path | None = None) -> list[str]:
