@@ -93,6 +93,15 @@ def test_ignore_index_reduce_zero_label_and_label_map(tmp_path: Path) -> None:
     np.testing.assert_array_equal(mapped, np.vectorize(table.get)(raw))
 
 
+def test_a_binary_mask_saved_as_0_and_255_maps_as_docs_data_says(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_pairs(root, ["a"], [0, 255], "images/train", "masks/train")
+    void = FolderDataset(root, "train", 2)[0][1]  # the default: 255 is void
+    assert set(np.unique(void).tolist()) == {0, 255}
+    mapped = FolderDataset(root, "train", 2, ignore_index=None, label_map={0: 0, 255: 1})[0][1]
+    assert set(np.unique(mapped).tolist()) == {0, 1}
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
