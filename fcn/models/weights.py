@@ -133,12 +133,10 @@ def weights_file(
         return fetch(RELEASED[name], url)
     if source == "imagenet":
         return fetch(TORCHVISION_VGG16, url)
-    if source == "fcn":
-        raise ValueError(
-            "path must name an FCN weights file when source is fcn (or use "
-            f"weights=released weights.name=<one of {list(RELEASED)}>)"
-        )
-    return None  # not reached: the sources are none, imagenet and fcn
+    raise ValueError(  # source fcn without a file
+        "path must name an FCN weights file when source is fcn (or use "
+        f"weights=released weights.name=<one of {list(RELEASED)}>)"
+    )
 
 
 def provenance(
