@@ -84,6 +84,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
     return dict(obj), config
 
 
+def stored_section(path: str | Path, section: str) -> Mapping | None:
+    """One section (``module``, ``weights``, ...) of the run config stored in a checkpoint, or
+    None when the file stores no such section (the tensors are memory-mapped, not read)."""
+    obj = load_file(path, mmap=True)
+    config = obj.get(CONFIG_KEY) if isinstance(obj, Mapping) else None
+    found = config.get(section) if isinstance(config, Mapping) else None
+    return found if isinstance(found, Mapping) else None
+
+
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """The state dict of a weights file (see :func:`read_checkpoint`)."""
     return read_checkpoint(path)[0]

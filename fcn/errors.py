@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -88,3 +88,10 @@ def _raised_by_the_call(err: BaseException) -> bool:
     if "/hydra/_internal/instantiate/" in where:
         return True
     return isinstance(err, ValueError) and "/fcn/" in where and "/site-packages/" not in where
+
+
+def first_few(items: Sequence[object], count: int = 5) -> str:
+    """The first ``count`` items, comma-separated, and how many more: for messages that name
+    some of many files or ids."""
+    more = f" and {len(items) - count} more" if len(items) > count else ""
+    return ", ".join(map(str, items[:count])) + more

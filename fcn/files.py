@@ -10,8 +10,10 @@ previous version of the target, if any, is left whole.
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fcn.errors import ConfigError, DataError, FCNError
@@ -109,3 +111,28 @@ def write_text(path: Path | str, text: str, replace: bool = True) -> Path:
 def write_bytes(path: Path | str, data: bytes, replace: bool = True) -> Path:
     """:func:`atomic_write` of bytes."""
     return atomic_write(path, lambda p: p.write_bytes(data), replace)
+
+
+#: Bytes read at a time when hashing a file.
+CHUNK = 1 << 20
+
+
+def file_digests(path: Path | str, algorithms: Sequence[str] = ("md5", "sha256")) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of a file (hashlib names), read once in chunks. A file whose
+    size and modification time have not changed is not read again in the same process (a
+    weights file is checked when fetched and then recorded by its SHA-256)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, tuple(algorithms))
+    return dict(_digests(*key))
+
+
+@functools.lru_cache(maxsize=32)
+def _digests(
+    path: str, size: int, mtime_ns: int, algorithms: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    hashes = [hashlib.new(name) for name in algorithms]
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            for digest in hashes:
+                digest.update(chunk)
+    return tuple((name, d.hexdigest()) for name, d in zip(algorithms, hashes, strict=True))

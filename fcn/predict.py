@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fcn.data.readers import read_image
-from fcn.errors import ConfigError, DataError, exit_on_user_error
+from fcn.errors import ConfigError, DataError, exit_on_user_error, first_few
 from fcn.files import ensure_folder, write_text
 from fcn.inference import load_model, pick_device, predict_mask, tiling_options
 from fcn.models.tiling import TiledScorer
@@ -111,25 +111,19 @@ def plan_outputs(
     clash = [t for t in targets if t.resolve() in inputs]
     if clash:
         raise DataError(
-            f"the outputs would replace the input image(s) {_some(clash)}: input images are "
+            f"the outputs would replace the input image(s) {first_few(clash, 3)}: input images are "
             "never replaced, choose another output_dir"
         )
     folders = [t for t in targets if t.is_dir()]
     if folders:
-        raise DataError(f"a folder stands where an output file must go: {_some(folders)}")
+        raise DataError(f"a folder stands where an output file must go: {first_few(folders, 3)}")
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise DataError(
-            f"{len(existing)} output file(s) already exist ({_some(existing)}): set "
+            f"{len(existing)} output file(s) already exist ({first_few(existing, 3)}): set "
             "overwrite=true to replace them, or choose another output_dir"
         )
     return plan
-
-
-def _some(paths: list[Path], count: int = 3) -> str:
-    """The first ``count`` paths, and how many more."""
-    more = f" and {len(paths) - count} more" if len(paths) > count else ""
-    return ", ".join(map(str, paths[:count])) + more
 
 
 def write_manifest(out: Path, cfg: DictConfig, files: set[str]) -> None:

@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
-from fcn.checkpoint import CONFIG_KEY, check_resumable, load_file
+from fcn.checkpoint import check_resumable, stored_section
 from fcn.config_checks import check_config
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import write_text
-from fcn.models.downloads import RELEASED, check_fits
+from fcn.models.fcn import FCN
 from fcn.models.weights import init_weights, provenance, weights_file
 from fcn.resume import RESUME_SOURCE_ENV
 from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> float | None:
     _keep_drawn_splits(datamodule, output_dir)
     net = instantiate(cfg.model)
     if cfg.ckpt_path is None:
-        path = _weights_file(cfg.weights, cfg.model)
+        path = _weights_file(cfg.weights, net)
         new = init_weights(net, cfg.weights.source, path)
         if new:
             log.info("layers new to this model (not in %s): %s", path, ", ".join(new))
@@ -112,19 +112,13 @@ def train(cfg: DictConfig) -> float | None:
     return float(best) if best is not None else None
 
 
-def _weights_file(weights: DictConfig, model: DictConfig) -> Path | None:
+def _weights_file(weights: DictConfig, net: FCN) -> Path | None:
     """The local file of the weights config, fetched on first use (``weights.name`` or
     torchvision's VGG16); a value that cannot work, or a released model of another network than
-    ``model``, is a ConfigError naming its key (before anything is downloaded)."""
-    name = weights.get("name")
-    if weights.source != "none" and weights.get("path") is None and name in RELEASED:
-        try:
-            check_fits(RELEASED[name], name, model.get("skips") or [], model.get("skip_scaling"))
-        except ValueError as err:
-            raise ConfigError(f"weights.name={err}") from None
+    ``net``, is a ConfigError naming its key (before anything is downloaded)."""
     try:
         return weights_file(
-            weights.source, weights.get("path"), weights.get("name"), weights.get("url")
+            weights.source, weights.get("path"), weights.get("name"), weights.get("url"), net
         )
     except ValueError as err:
         raise ConfigError(f"weights.{err}") from None
@@ -132,11 +126,8 @@ def _weights_file(weights: DictConfig, model: DictConfig) -> Path | None:
 
 def _initial_weights_of(ckpt_path: str) -> dict:
     """A resumed run keeps the record of what initialised it (from the checkpoint's config)."""
-    checkpoint = load_file(ckpt_path, mmap=True)
-    stored = checkpoint.get(CONFIG_KEY) if isinstance(checkpoint, dict) else None
-    weights = stored.get("weights") if isinstance(stored, dict) else None
-    keys = ("option", "file", "sha256")
-    return {k: weights.get(k) for k in keys} if isinstance(weights, dict) else {}
+    weights = stored_section(ckpt_path, "weights")
+    return {k: weights.get(k) for k in ("option", "file", "sha256")} if weights else {}
 
 
 @rank_zero_only

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from fcn.data.labels import IGNORE_INDEX
 from fcn.data.readers import open_failure, read_ids, read_image
-from fcn.errors import DataError
+from fcn.errors import DataError, first_few
 
 SPLIT_BY = ("folders", "lists", "fraction")
 SPLITS = ("train", "val")
@@ -50,11 +50,6 @@ SPLITS = ("train", "val")
 MAX_ID = 65535
 _UNMAPPED, _OUTSIDE = 256, 257  # look-up results that are errors
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
-
-
-def _some(items: Sequence[str], count: int = 5) -> str:
-    more = f" and {len(items) - count} more" if len(items) > count else ""
-    return ", ".join(map(str, items[:count])) + more
 
 
 def find_files(folder: Path, suffix: str) -> dict[str, Path]:
@@ -235,7 +230,7 @@ class FolderDataset(Dataset):
             if missing:
                 raise DataError(
                     f"{len(missing)} file(s) of the ids listed in {path} are missing: "
-                    f"{_some(missing)}"
+                    f"{first_few(missing)}"
                 )
             return ids
         images = find_files(self.image_dir, self.image_suffix)
@@ -246,7 +241,7 @@ class FolderDataset(Dataset):
             (f"mask(s) without an image ({self.image_dir}/<id>{self.image_suffix})",
              sorted(str(masks[i]) for i in masks.keys() - images.keys())),
         ]  # fmt: skip
-        problems = [f"{len(paths)} {what}: {_some(paths)}" for what, paths in lonely if paths]
+        problems = [f"{len(paths)} {what}: {first_few(paths)}" for what, paths in lonely if paths]
         if problems:
             raise DataError("; ".join(problems))
         ids = sorted(images)

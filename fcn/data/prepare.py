@@ -45,8 +45,8 @@ from fcn.data.readers import read_ids
 from fcn.data.voc_seed import SPLITS_DIR as SEED_SPLITS
 from fcn.data.voc_seed import SeedVOC
 from fcn.errors import ConfigError, DataError, user_error_message
+from fcn.files import CHUNK, file_digests
 
-CHUNK = 1 << 20
 #: How each checksum algorithm is named in messages.
 ALGORITHM_NAMES = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256"}
 
@@ -98,21 +98,12 @@ CITYSCAPES_DIR = Path("cityscapes")
 CITYSCAPES_ARCHIVES = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
 
 
-def file_checksum(path: Path, algorithm: str = "md5") -> str:
-    """The ``algorithm`` (hashlib name) digest of a file, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(source: Source, folder: Path, timeout: float = 60.0) -> Path:
     """Fetch ``source`` into ``folder`` unless a verified copy is there; return its path."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / source.filename
     if final.is_file():
-        if file_checksum(final, source.algorithm) == source.checksum:
+        if file_digests(final, [source.algorithm])[source.algorithm] == source.checksum:
             print(f"{final.name}: already downloaded and verified")
             return final
         print(f"{final.name}: checksum mismatch, downloading again")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fcn.data.labels import IGNORE_INDEX
-from fcn.errors import DataError
+from fcn.errors import DataError, first_few
 
 #: How many shared ids, unreadable files and common sizes the text report names.
 SHOWN = 5
@@ -356,15 +356,6 @@ def median_frequency_weights(class_pixels: Sequence[int]) -> list[float]:
     return [median / f if f > 0 else 0.0 for f in freq.tolist()]
 
 
-def _thousands(n: int) -> str:
-    return f"{n:,}"
-
-
-def _some(items: Sequence[str], count: int = SHOWN) -> str:
-    more = f" and {len(items) - count} more" if len(items) > count else ""
-    return ", ".join(items[:count]) + more
-
-
 def format_report(stats: DatasetStats) -> str:
     """The statistics as text: counts, image sizes, pixels per class and split, absent classes,
     shared ids, and what could not be read."""
@@ -407,15 +398,16 @@ def format_report(stats: DatasetStats) -> str:
     for s in splits:
         absent = [f"{c} {stats.class_names[c]}" for c in s.absent]
         lines.append(
-            f"absent from {s.name}: {len(absent)} class(es): {_some(absent, 20)}"
+            f"absent from {s.name}: {len(absent)} class(es): {first_few(absent, 20)}"
             if absent
             else f"absent from {s.name}: none"
         )
     if stats.shared_ids is None:
         lines.append("ids in both splits: not known (the datasets do not name their images)")
     elif stats.shared_ids:
+        shown = first_few(stats.shared_ids, SHOWN)
         lines.append(
-            f"ids in both splits: {len(stats.shared_ids)}, e.g. {_some(stats.shared_ids)} "
+            f"ids in both splits: {len(stats.shared_ids)}, e.g. {shown} "
             "(validation metrics will be optimistic)"
         )
     else:

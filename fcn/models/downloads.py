@@ -16,7 +16,6 @@ wait for the one that downloads. A file already there is checked before it is us
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ from pathlib import Path
 import torch
 
 from fcn.errors import DataError
+from fcn.files import file_digests
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,6 @@ def check_fits(entry: WeightFile, name: str, skips: list[str], skip_scaling: boo
         return
     if (list(skips), bool(skip_scaling)) != MODEL_SKIPS[entry.model]:
         raise ValueError(f"{name} is the network model={entry.model}: add model={entry.model}")
-
-
-def file_digests(path: Path) -> dict[str, str]:
-    """MD5 and SHA-256 of a file, in one pass."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
 def matches(digests: dict[str, str], checksum: str) -> bool:

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from fcn.checkpoint import read_weights
 from fcn.errors import DataError
-from fcn.models.downloads import RELEASED, TORCHVISION_VGG16, fetch, file_digests
+from fcn.files import file_digests
+from fcn.models.downloads import RELEASED, TORCHVISION_VGG16, check_fits, fetch
 from fcn.models.fcn import FCN
 
 VGG16_FILE = TORCHVISION_VGG16.filename
@@ -116,11 +117,16 @@ WEIGHT_SOURCES = ("none", "imagenet", "fcn")
 
 
 def weights_file(
-    source: str, path: str | Path | None = None, name: str | None = None, url: str | None = None
+    source: str,
+    path: str | Path | None = None,
+    name: str | None = None,
+    url: str | None = None,
+    net: FCN | None = None,
 ) -> Path | None:
     """The local file a weights config names: ``path`` as given, else the file ``name`` (one of
     :data:`fcn.models.downloads.RELEASED`) or, for ``imagenet``, torchvision's VGG16, fetched
-    and checked on first use (``url``: a mirror); None for ``source=none``."""
+    and checked on first use (``url``: a mirror); None for ``source=none``. A released FCN
+    that is not ``net``'s network is refused before it is fetched."""
     if source not in WEIGHT_SOURCES:
         raise ValueError(f"source must be one of {list(WEIGHT_SOURCES)}, got {source!r}")
     if source == "none":
@@ -130,6 +136,11 @@ def weights_file(
     if name is not None:
         if name not in RELEASED:
             raise ValueError(f"name must be one of {list(RELEASED)}, got {name!r}")
+        if net is not None:
+            try:
+                check_fits(RELEASED[name], name, list(net.skips), net.skip_scaling)
+            except ValueError as err:
+                raise ValueError(f"name={err}") from None
         return fetch(RELEASED[name], url)
     if source == "imagenet":
         return fetch(TORCHVISION_VGG16, url)

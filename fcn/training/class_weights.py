@@ -4,11 +4,11 @@ taken from the checkpoint a run resumes from), recorded in the run's config."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from fcn.checkpoint import CONFIG_KEY, load_file
+from fcn.checkpoint import stored_section
 from fcn.data.datamodule import SegmentationDataModule
 from fcn.data.stats import median_frequency_weights, split_stats
 from fcn.run_folder import is_secondary_process
@@ -65,10 +65,8 @@ def median_frequency_class_weights(
 
 def _stored_class_weights(ckpt_path: str, num_classes: int) -> list[float] | None:
     """The list ``module.class_weights`` of the config stored in a checkpoint, or None."""
-    checkpoint = load_file(ckpt_path, mmap=True)
-    stored = checkpoint.get(CONFIG_KEY) if isinstance(checkpoint, Mapping) else None
-    module = stored.get("module") if isinstance(stored, Mapping) else None
-    weights = module.get("class_weights") if isinstance(module, Mapping) else None
+    module = stored_section(ckpt_path, "module")
+    weights = module.get("class_weights") if module is not None else None
     if not isinstance(weights, Sequence) or isinstance(weights, str):
         return None
     try:
