@@ -2,7 +2,9 @@
 
 Pixel accuracy, mean accuracy, mean IU, frequency-weighted IU and per-class IoU from one
 confusion matrix over the data config's whole validation split (summed across processes under
-DDP), printed as a table and written to ``output_file`` as JSON. The network and the data are
+DDP), printed as a table and written to ``output_file`` as JSON; that confusion matrix,
+normalised by true class, beside it as ``<output_file stem>.confusion.json`` and ``.png``
+(:mod:`fcn.confusion`). The network and the data are
 the checkpoint's own unless ``model=`` / ``data=`` (or ``experiment=``) choose others. Images are
 scored whole, or in windows (``window``, ``stride``) and with flips (``flip``) as
 :class:`fcn.models.tiling.TiledScorer` does; the JSON records how.
@@ -16,12 +18,14 @@ import math
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from fcn.config_checks import check_config
+from fcn.confusion import confusion_paths, write_confusion
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import refuse_existing, write_text
 from fcn.inference import RELEASED_PREFIX, load_model, require_data, tiling_options
@@ -41,6 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     tiling = tiling_options(cfg)
     refuse_existing(cfg.output_file, cfg.overwrite)  # before anything is read or downloaded
+    for path in confusion_paths(confusion_stem(cfg.output_file)).values():
+        refuse_existing(path, cfg.overwrite, key="output_file's confusion matrix")
     if str(cfg.ckpt_path).startswith(RELEASED_PREFIX):  # a download stores no data config
         require_data(cfg, cfg.ckpt_path)
     loaded = load_model(cfg, cfg.ckpt_path)
@@ -62,22 +68,47 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
     )
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    _report(metrics, cfg, scorer)
+    counts = module.last_val_confusion  # the metrics' own matrix, summed over processes
+    _report(metrics, cfg, scorer, counts.numpy(), datamodule.class_names)
     return metrics
 
 
+def confusion_stem(output_file: str | Path) -> Path:
+    """``<folder>/<stem>.confusion`` of ``output_file``: its confusion matrix's files are that
+    with ``.json`` and ``.png`` (``evaluation.json``: ``evaluation.confusion.json``)."""
+    output_file = Path(output_file)
+    return output_file.with_name(f"{output_file.stem}.confusion")
+
+
 @rank_zero_only
-def _report(metrics: dict[str, float], cfg: DictConfig, scorer: TiledScorer) -> None:
+def _report(
+    metrics: dict[str, float],
+    cfg: DictConfig,
+    scorer: TiledScorer,
+    counts: np.ndarray,
+    class_names: list[str],
+) -> None:
     print(format_table(metrics))
     out = Path(cfg.output_file)
+    data = cfg.data.val_set.get("split") or cfg.data.val_set._target_
+    checkpoint = str(cfg.ckpt_path)
+    title = f"{Path(checkpoint).name} on {data}: mIoU {metrics['val/mIoU']:.4f}"
+    confusion = write_confusion(
+        confusion_stem(out), counts, class_names, title=title, replace=cfg.overwrite,
+        checkpoint=checkpoint, data=data, mIoU=metrics["val/mIoU"],
+    )  # fmt: skip
     doc = {
-        "checkpoint": str(cfg.ckpt_path),
-        "data": cfg.data.val_set.get("split") or cfg.data.val_set._target_,
+        "checkpoint": checkpoint,
+        "data": data,
         "scoring": scorer.settings(),
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
+        "confusion": {k: str(v) for k, v in confusion.items()},
     }
     write_text(out, json.dumps(doc, indent=2) + "\n", replace=cfg.overwrite)
     print(f"written to {out}")
+    print(
+        f"confusion matrix (normalised by true class): {confusion['figure']}, {confusion['json']}"
+    )
 
 
 def format_table(metrics: dict[str, float]) -> str:

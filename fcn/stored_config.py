@@ -39,6 +39,7 @@ RUN_TARGETS = frozenset(
         "fcn.training.callbacks.MetricsFile",
         "fcn.training.callbacks.SkippedFilesReport",
         "fcn.training.callbacks.ValidationMasks",
+        "fcn.training.confusion_callback.BestConfusionMatrix",
         "fcn.training.tracking.wandb_logger",
         "pytorch_lightning.Trainer",
         "pytorch_lightning.callbacks.LearningRateMonitor",

@@ -106,4 +106,10 @@ def test_ddp_evaluation_on_two_processes_equals_one(trained: Path, tmp_path: Pat
     )
     for key, value in one.items():
         assert ddp_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    # the confusion matrix written is the one summed over both processes
+    ddp_counts, one_counts = (
+        json.loads((tmp_path / d / "evaluation.confusion.json").read_text())["counts"]
+        for d in ("ddp", "one")
+    )
+    assert ddp_counts == one_counts
     assert not (tmp_path / "outputs").exists()  # the second process made no folder of its own

@@ -1,5 +1,6 @@
 """The validation metric of training: one confusion matrix over a whole split, summed across
-processes under DDP before any ratio is taken (the formulas: :mod:`fcn.scores`).
+processes under DDP before any ratio is taken (the formulas: :mod:`fcn.scores`); the matrix
+itself is returned too (:mod:`fcn.confusion` writes and draws it).
 
 :class:`SegmentationMetrics` is torchmetrics' ``MulticlassJaccardIndex`` (whose macro average is
 the paper's mean IU).
@@ -33,7 +34,10 @@ class SegmentationMetrics(MulticlassJaccardIndex):
         super().update(preds, target)
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        """All metrics from the (synchronised) confusion matrix."""
+        """All metrics from the (synchronised) confusion matrix, and that matrix itself as
+        ``confusion`` (a copy: under DDP the sum over processes, which torchmetrics holds only
+        inside ``compute``; rows true class, columns predicted class, void left out)."""
         out = scores_from_confusion(self.confmat)
         out["mIoU"] = super().compute().double()
+        out["confusion"] = self.confmat.detach().clone()
         return out

@@ -153,7 +153,8 @@ class FCNModule(pl.LightningModule):
     Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
     unweighted, whatever reduction and class weights are optimised, so runs compare),
     ``val/mIoU``, ``val/pixel_acc``, ``val/mean_acc``, ``val/fwIoU`` and ``val/IoU/<class>``;
-    per step: ``train/loss_step`` (the same unweighted mean).
+    per step: ``train/loss_step`` (the same unweighted mean). The confusion matrix behind the
+    validation metrics is kept in :attr:`last_val_confusion` until the next validation.
     """
 
     def __init__(
@@ -196,6 +197,9 @@ class FCNModule(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_metrics = SegmentationMetrics(num_classes)
+        #: The confusion matrix of the last validation (int64, on the CPU; rows true class,
+        #: columns predicted class; under DDP summed over processes), or None before any.
+        self.last_val_confusion: Tensor | None = None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -270,6 +274,7 @@ class FCNModule(pl.LightningModule):
         # Values are already reduced over every process (torchmetrics state sync).
         self.log_dict(logged)
         self.log("val/mIoU", scores["mIoU"].float(), prog_bar=True)
+        self.last_val_confusion = scores["confusion"].to("cpu", torch.int64)
         self.val_metrics.reset()
         self.val_loss.reset()
 
