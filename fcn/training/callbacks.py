@@ -31,6 +31,13 @@ class MetricsFile(pl.Callback):
     then ``finished`` (or ``failed`` / ``interrupted``). Each history entry has the epoch's wall
     time in ``seconds`` (training, validation and checkpoints). The file is rewritten atomically
     after every epoch, on rank zero only.
+
+    ``provenance`` records where the run comes from (:mod:`fcn.provenance`: git commit and diff,
+    library versions, devices, fingerprints of the training and validation ids), computed once
+    per fit start on rank zero and also given to the trainer's loggers as hyperparameters. A run
+    resumed in the same folder keeps its first start's ``provenance`` and appends each later
+    start's record (with the epoch it started from) to ``provenance_resumed``, with a warning
+    naming what differs from the first start.
     """
 
     def __init__(
@@ -48,22 +55,92 @@ class MetricsFile(pl.Callback):
         # which weights initialised the run (the weights option, its file and SHA-256)
         self.initial_weights = _plain_dict(initial_weights)
         self.history: list[dict[str, Any]] = []
+        self.provenance: dict[str, Any] | None = None  # the first start's record
+        self.provenance_resumed: list[dict[str, Any]] = []  # the later starts' records
+        self._this_start: dict[str, Any] | None = None
+        self._taken_over = False
         self._pending_val: dict[str, float] | None = None
         self._epoch_started: float | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resumed in the same folder: take over the history already written there."""
-        if trainer.ckpt_path and self.path.is_file() and not self.history:
+        """Resumed in the same folder: take over the history and the provenance already
+        written there; record this start's provenance (rank zero)."""
+        previous = self._take_over(trainer)
+        if trainer.is_global_zero:
+            self._start_provenance(trainer, previous)
+
+    def _take_over(self, trainer: pl.Trainer) -> dict[str, Any] | None:
+        """Once per fit: the ``metrics.json`` a run resumed in the same folder had written (its
+        history taken over), or None."""
+        if self._taken_over:
+            return None
+        self._taken_over = True
+        if not (trainer.ckpt_path and self.path.is_file() and not self.history):
+            return None
+        try:
+            previous = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(previous, dict):
+            return None
+        history = previous.get("history")
+        self.history = (
+            [e for e in history if isinstance(e, dict)] if isinstance(history, list) else []
+        )
+        first = previous.get("provenance")
+        self.provenance = first if isinstance(first, dict) else None
+        later = previous.get("provenance_resumed")
+        self.provenance_resumed = (
+            [r for r in later if isinstance(r, dict)] if isinstance(later, list) else []
+        )
+        return previous
+
+    def _start_provenance(self, trainer: pl.Trainer, previous: dict[str, Any] | None) -> None:
+        """Compute this start's record: the first start's, or (resumed in the same folder) one
+        more later start's, with a warning naming what differs from the first start."""
+        from fcn import provenance
+
+        try:  # where the run comes from is worth recording, never worth stopping it for
+            record = provenance.collect(trainer, start_epoch=None if trainer.ckpt_path else 0)
+        except Exception as err:
+            log.warning("the run's provenance is not recorded: %s", err)
+            return
+        self._this_start = record
+        if previous is None:
+            self.provenance, self.provenance_resumed = record, []
+        else:
+            self.provenance_resumed.append(record)
+            changed = (
+                provenance.start_differences(self.provenance, record) if self.provenance else []
+            )
+            if changed:
+                log.warning(
+                    "this resumed start differs from the run's first start (%s): %s",
+                    self.path, "; ".join(changed),
+                )  # fmt: skip
+        self._log_provenance(trainer)
+
+    def _log_provenance(self, trainer: pl.Trainer) -> None:
+        """Give the provenance to the trainer's loggers (wandb config, CSV and TensorBoard
+        hyperparameters)."""
+        params: dict[str, Any] = {"provenance": self.provenance}
+        if self.provenance_resumed:
+            params["provenance_resumed"] = self.provenance_resumed
+        for logger in trainer.loggers:
             try:
-                previous = json.loads(self.path.read_text(encoding="utf-8")).get("history", [])
-            except (OSError, ValueError, AttributeError):
-                previous = []
-            self.history = [e for e in previous if isinstance(e, dict)]
+                logger.log_hyperparams(params)
+            except Exception as err:
+                log.warning(
+                    "the provenance could not be given to %s: %s", type(logger).__name__, err
+                )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep only the epochs the checkpoint holds (a run killed after its last checkpoint
-        may have recorded one more)."""
+        may have recorded one more); a start from a checkpoint now knows its epoch."""
         self.history = [e for e in self.history if e.get("epoch", 1 << 30) < trainer.current_epoch]
+        if self._this_start is not None and self._this_start.get("start_epoch") is None:
+            self._this_start["start_epoch"] = trainer.current_epoch
+            self._log_provenance(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -81,6 +158,7 @@ class MetricsFile(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self._take_over(trainer)  # failed before on_fit_start: keep what the folder had
         try:
             self._write(trainer, status)
         except Exception as err:  # e.g. the disk is full: the run's own error is what matters
@@ -119,6 +197,8 @@ class MetricsFile(pl.Callback):
             "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
             "last_checkpoint": (last[0].best_model_path or None) if last else None,
             "initial_weights": self.initial_weights,
+            "provenance": self.provenance,
+            "provenance_resumed": self.provenance_resumed,
             "history": self.history,
         }
         write_text(self.path, json.dumps(_json_safe(doc), indent=2) + "\n")
