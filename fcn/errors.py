@@ -6,7 +6,10 @@ import functools
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from fcn.sweep_failures import FailedJob
 
 T = TypeVar("T")
 
@@ -32,16 +35,23 @@ def user_message(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T]:
+def exit_on_user_error(task: Callable[[Any], T]) -> Callable[[Any], T | FailedJob]:
     """Wrap an entry point's task: a user error prints ``error: <message>`` to stderr and exits
     with status 1; anything else (a bug) keeps its traceback.
 
     User errors: :class:`FCNError`; a ``_target_`` that Hydra could not call with the config's
     keys, or whose own argument check refused a value; a write that found the disk full.
+
+    In a job of a multirun (``-m``) no failure ends the sweep: the job records it in its folder
+    and returns a :class:`~fcn.sweep_failures.FailedJob` (:func:`fcn.sweep_failures.run_sweep_job`).
     """
 
     @functools.wraps(task)
-    def run(cfg: Any) -> T:
+    def run(cfg: Any) -> T | FailedJob:
+        from fcn.sweep_failures import in_multirun, run_sweep_job
+
+        if in_multirun():
+            return run_sweep_job(task, cfg)
         try:
             return task(cfg)
         except Exception as err:

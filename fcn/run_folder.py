@@ -24,7 +24,10 @@ RESULTS = (
 )  # fmt: skip
 #: What ``overwrite=true`` removes before a new training run starts in a used folder (its
 #: loggers' folders stay: a new wandb run starts beside the old one).
-TRAINING_RESULTS = ("metrics.json", "config.yaml", "checkpoints", "splits")
+TRAINING_RESULTS = (
+    "metrics.json", "config.yaml", "checkpoints", "splits", "confusion.json", "confusion.png",
+    "failure.json",
+)  # fmt: skip
 #: Environment variables that make a process a non-zero rank of a multi-process job.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 

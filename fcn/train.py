@@ -3,6 +3,7 @@
 The recipe: check the config, seed, build the datamodule, the network and its LightningModule,
 callbacks, loggers and the Trainer from their ``_target_``s, fit, write ``metrics.json`` (by the
 MetricsFile callback), finish the wandb run and return the best ``val/mIoU`` for sweepers.
+In a multirun, a job that fails is recorded and the sweep goes on (fcn.sweep_failures).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fcn.models.weights import init_weights, provenance, weights_file
 from fcn.resume import RESUME_SOURCE_ENV
 from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
 from fcn.stored_config import check_run_targets
+from fcn.sweep_failures import FAILURE_FILE, report_unfinished_sweep
 from fcn.training.checkpoint_io import AtomicCheckpointIO
 from fcn.training.class_weights import median_frequency_class_weights
 from fcn.training.module import MEDIAN_FREQUENCY
@@ -43,7 +45,20 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit the configured model; return the best ``val/mIoU`` (None before any validation)."""
+    """Fit the configured model; return the best ``val/mIoU`` (None before any validation).
+    A run that raises finishes its wandb run as failed, so that a sweep's next job starts its
+    own."""
+    try:
+        return _train(cfg)
+    except BaseException:
+        try:
+            finish_wandb(exit_code=1)
+        except Exception as err:  # the run's own error is the one to report
+            log.warning("could not finish the wandb run: %s", err)
+        raise
+
+
+def _train(cfg: DictConfig) -> float | None:
     silence_lightning_tips()
     check_config(cfg)
     _refuse_multirun_ddp(cfg)
@@ -52,6 +67,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.ckpt_path is not None:
         check_resumable(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
     output_dir = Path(cfg.paths.output_dir)
+    if not is_secondary_process():  # an earlier failed job's record in this folder is stale
+        (output_dir / FAILURE_FILE).unlink(missing_ok=True)
     continuing = is_inside(cfg.ckpt_path, output_dir)  # fcn.resume: the same folder
     if cfg.get("overwrite") and not continuing and not is_secondary_process():
         removed = clear_training_results(output_dir)
@@ -101,10 +118,8 @@ def train(cfg: DictConfig) -> float | None:
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    finally:
-        finish_wandb()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    finish_wandb()
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if best is None:
         best = trainer.callback_metrics.get("val/mIoU")
@@ -183,10 +198,12 @@ def _save_config(resolved: dict, output_dir: Path) -> None:
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
 
+@report_unfinished_sweep
 @hydra.main(version_base="1.3", config_path="pkg://fcn.conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; a user error ends with its message alone and exit status 1."""
+    """Hydra entry point; a user error ends with its message alone and exit status 1 (in a
+    multirun: the job is recorded as failed and the sweep goes on)."""
     return train(cfg)
 
 
