@@ -2,8 +2,12 @@
 
 Runs ``python -m fcn.train`` again with the run's own overrides (``.hydra/overrides.yaml``),
 ``ckpt_path=<run>/checkpoints/last.ckpt`` and ``hydra.run.dir=<run>``: the same folder, the same
-checkpoints, ``metrics.json`` history kept, and the same wandb run (its id is found in the
-folder). Extra ``key=value`` arguments are added, e.g. ``trainer.max_epochs=40`` to go on longer
+checkpoints, ``metrics.json`` history kept. wandb: online, with every earlier part of the folder's
+wandb run on the server, the same wandb run goes on; otherwise (offline, or an offline part not
+synced yet: wandb ignores ``resume`` offline and ``wandb sync`` cannot append one folder of a run
+to another) a new run of the same group, named ``<name> (resumed at epoch k)`` and tagged
+``resumed``; the run ends by printing the ``wandb sync`` command for the folder's offline runs.
+Extra ``key=value`` arguments are added, e.g. ``trainer.max_epochs=40`` to go on longer
 (a finished run is refused without a larger ``trainer.max_epochs``: its history is kept).
 The overrides read from the folder may not choose code to run (:func:`read_overrides`).
 With a seed set, the random streams and the shuffle order continue from the checkpoint, so the

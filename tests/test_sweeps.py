@@ -149,5 +149,77 @@ def test_checkpoints_become_wandb_artifacts_on_request(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_file = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     artifacts = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
-    assert artifacts and {a.type for a in artifacts} == {"model"}
+    artifacts = [a for a in artifacts if a.type == "model"]  # not the confusion chart's table
+    assert artifacts
     assert all([e.path for e in a.manifest.contents] == ["model.ckpt"] for a in artifacts)
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the network was asked")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.setattr(socket, "getaddrinfo", refused)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Pydantic V1 style")  # wandb-workspaces' own models
+def test_the_wandb_report_shows_only_keys_the_sweep_logged(
+    sweep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb_workspaces.reports.v2 as wr
+
+    from fcn.wandb_report import build_sweep_report
+
+    jobs = read_sweep(sweep)
+    _no_network(monkeypatch)
+    report = build_sweep_report(sweep, jobs)
+    monkeypatch.undo()
+    [grid] = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    keys = set()
+    for panel in grid.panels:
+        if isinstance(panel, wr.LinePlot):
+            keys |= {panel.x, *panel.y}
+        elif isinstance(panel, wr.BarPlot):
+            keys |= set(panel.metrics)
+        elif isinstance(panel, wr.MediaBrowser):
+            keys |= set(panel.media_keys)
+    for runset in grid.runsets:
+        keys |= {c.removeprefix("summary:") for c in runset.visible_columns}
+    logged = set.intersection(
+        *(summary(f)["history_keys"] for j in jobs for f in j.folder.glob("wandb/*/run-*.wandb"))
+    )
+    assert keys <= logged, keys - logged
+    assert {"val/mIoU", "train/loss_step", "val/IoU/dot", "val/masks"} <= keys
+    # One run set per variant, holding its job's run (the runs' ids, the sweep's group).
+    assert [rs.name for rs in grid.runsets] == MODELS
+    for runset, job in zip(grid.runsets, jobs, strict=True):
+        [folder] = job.folder.glob("wandb/offline-run-*")
+        assert folder.name.rsplit("-", 1)[1] in runset.filters
+    assert (report.project, report.entity) == ("fcn", "")
+    assert "variants" in report.title
+
+
+@pytest.mark.slow
+def test_a_wandb_report_without_login_names_the_login_and_the_sync(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from fcn.errors import FCNError
+    from fcn.wandb_report import save_sweep_report
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*")}
+    _no_network(monkeypatch)
+    with pytest.raises(FCNError) as err:
+        save_sweep_report(sweep, read_sweep(sweep))
+    message = str(err.value)
+    assert "wandb login" in message
+    [command] = [line.strip() for line in message.splitlines() if "wandb sync" in line]
+    offline = sorted(str(p) for p in sweep.glob("*/wandb/offline-run-*"))
+    assert sorted(shlex.split(command)[2:]) == offline and len(offline) == 3
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*")} == before  # nothing written

@@ -61,3 +61,40 @@ def summary(path: Path) -> dict:
                 if list(item.nested_key[1:]) == ["all_masks"]:
                     masks[key] = {name for image in json.loads(item.value_json) for name in image}
     return {**run, "history_keys": keys, "masks": masks}
+
+
+def history(path: Path) -> list[dict]:
+    """The history rows of ``path`` in order, each ``{key: value}`` (media under their
+    top-level key, as the JSON wandb stores); ``_step`` is wandb's own row counter."""
+    rows = []
+    for record in records(path):
+        if record.WhichOneof("record_type") == "history":
+            row: dict = {}
+            for item in record.history.item:
+                path = [item.key] if item.key else list(item.nested_key)  # media: [key, field]
+                if len(path) == 1:
+                    row[path[0]] = json.loads(item.value_json)
+                else:
+                    row.setdefault(path[0], {})[path[-1]] = json.loads(item.value_json)
+            rows.append(row)
+    return rows
+
+
+def run_record(path: Path) -> pb.RunRecord:
+    """The first run record of ``path``: id, name, group, tags, notes as the run started."""
+    return next(r.run for r in records(path) if r.WhichOneof("record_type") == "run")
+
+
+def artifacts(path: Path, kind: str = "model") -> list[dict]:
+    """The artifacts of type ``kind`` that ``path`` logged, in order: name, aliases, metadata
+    and the names of their files."""
+    return [
+        {
+            "name": r.artifact.name,
+            "aliases": list(r.artifact.aliases),
+            "metadata": json.loads(r.artifact.metadata or "{}"),
+            "files": [entry.path for entry in r.artifact.manifest.contents],
+        }
+        for r in records(path)
+        if r.WhichOneof("record_type") == "artifact" and r.artifact.type == kind
+    ]

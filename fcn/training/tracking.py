@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import glob
 import ipaddress
 import logging
 import netrc
@@ -13,10 +12,26 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from urllib.parse import urlparse
 
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+from fcn.training.model_artifacts import ALL_WARNING, CheckpointArtifactsLogger, check_log_model
+from fcn.training.wandb_runs import (
+    RESUMED_TAG,
+    continuation,
+    folder_run_id,
+    is_uploaded,
+    not_appendable,
+    previous_run_id,
+    read_run_record,
+    resumed_epoch,
+    run_folders,
+    sync_commands,
+    write_run_record,
+)
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -182,13 +197,6 @@ def _job_context() -> tuple[str | None, str | None, list[str]]:
     return name, group, tags
 
 
-def previous_run_id(save_dir: str) -> str | None:
-    """The id of the wandb run already in ``save_dir/wandb`` (a resumed run folder), or None."""
-    runs = sorted(glob.glob(os.path.join(save_dir, "wandb", "*run-*-*")), key=os.path.getmtime)
-    runs = [r for r in runs if os.path.isdir(r) and not os.path.islink(r)]
-    return runs[-1].rsplit("-", 1)[1] if runs else None
-
-
 def wandb_logger(
     project: str = "fcn",
     save_dir: str = ".",
@@ -198,18 +206,32 @@ def wandb_logger(
     tags: Sequence[str] = (),
     resuming_from: str | None = None,
     init_timeout: float | None = None,
+    log_model: bool | str = False,
     **kwargs,
 ) -> WandbLogger:
     """A WandbLogger whose run lives in ``save_dir/wandb`` and is offline without credentials.
 
     Name and group default to the Hydra job's swept overrides (``fcn8``; all overrides for a
     single run) and the multirun sweep folder's name, so every job of a sweep is its own run in
-    one group. The chosen experiment, model and data are added to ``tags``. ``resuming_from``
-    (the run's ``ckpt_path``): a run continued in a folder that already holds a wandb run goes
-    on in that wandb run. ``init_timeout``: seconds ``wandb.init`` may wait for the server
-    before the run falls back to offline (None: $WANDB_INIT_TIMEOUT, else 20).
+    one group. The chosen experiment, model and data are added to ``tags``.
+
+    ``resuming_from`` (the run's ``ckpt_path``): a run continued in a folder that already holds
+    a wandb run goes on in that wandb run (same id) when it logs online and every earlier part
+    of that run is on the server (logged online, or synced). Otherwise (offline, or an earlier
+    offline part not synced yet) it is a new run of the same group and tags, named
+    ``<name> (resumed at epoch k)`` and tagged ``resumed``: wandb ignores ``resume`` offline
+    and ``wandb sync`` does not append a second folder of one run id to the first, so only a
+    new id keeps every logged point.
+
+    ``init_timeout``: seconds ``wandb.init`` may wait for the server before the run falls back
+    to offline (None: $WANDB_INIT_TIMEOUT, else 20). ``log_model``: false (nothing), true (the
+    best and the last checkpoint once, at the end of a successful training) or ``all`` (every
+    checkpoint as it is saved; see :mod:`fcn.training.model_artifacts`).
     """
     resolved = resolve_wandb_mode(mode)
+    log_model = check_log_model(log_model)
+    if log_model == "all":
+        log.warning(ALL_WARNING)
     if init_timeout is None:
         init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)
     settings = kwargs.get("settings")
@@ -218,24 +240,52 @@ def wandb_logger(
         # (it changes a Settings object it is given), so the offline fallback can reuse it
         kwargs["settings"] = {"init_timeout": float(init_timeout), **(settings or {})}
     job_name, job_group, job_tags = _job_context()
+    record = read_run_record(save_dir) if resuming_from else {}
+    name = name or record.get("name") or job_name
+    group = group or record.get("group") or job_group
+    tags = list(dict.fromkeys([*tags, *job_tags, *record.get("tags", [])]))
+    tags = [t for t in tags if t != RESUMED_TAG]
     previous = previous_run_id(save_dir) if resuming_from else None
-    if previous and "id" not in kwargs:  # the run folder's own run, continued (fcn.resume)
-        kwargs.update(id=previous, resume="allow")
-        job_name = job_group = None  # keep the name and group it was given
+    offline_run = None  # the run's continuation should an online run fall back to offline
+    same_run = False
+    if previous and "id" not in kwargs and resolved != "disabled":
+        new_run = continuation(previous, name, group, tags, resumed_epoch(resuming_from))
+        earlier = [f for f in run_folders(Path(save_dir) / "wandb") if folder_run_id(f) == previous]
+        if resolved == "online" and all(is_uploaded(f) for f in earlier):
+            kwargs.update(id=previous, resume="allow")  # the same run, continued on the server
+            same_run, offline_run = True, new_run
+        else:
+            kwargs.update(new_run)
+            log.info(
+                "wandb: run %s of this folder is %s, so this continuation is a new run %s "
+                "(%r, group %r)", previous, not_appendable(earlier, resolved), new_run["id"],
+                new_run["name"], new_run["group"],
+            )  # fmt: skip
+    if resolved != "disabled":
+        write_run_record(save_dir, name, group, tags)
     os.makedirs(save_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     if resolved != "online":
         _no_wandb_telemetry()
-    logger = WandbLogger(
+    if same_run:  # keep the name and group the server has
+        name = group = None
+    name, group, tags = (
+        kwargs.pop("name", name),
+        kwargs.pop("group", group),
+        kwargs.pop("tags", tags),
+    )
+    logger = CheckpointArtifactsLogger(
         project=project,
         save_dir=save_dir,
         mode=resolved,
-        name=name or job_name,
-        group=group or job_group,
-        tags=list(dict.fromkeys([*tags, *job_tags])),
+        name=name,
+        group=group,
+        tags=list(tags),
+        log_model=log_model,
         **kwargs,
     )
+    logger._fcn_offline_run = offline_run
     return _without_anonymous(logger)
 
 
@@ -265,10 +315,24 @@ def _drop_wandb_reports() -> None:
 
 
 def _offline(logger: WandbLogger) -> WandbLogger:
-    """The same run, logged offline into its ``<save_dir>/wandb``."""
+    """The same run, logged offline into its ``<save_dir>/wandb``; a continuation of an online
+    run becomes a new run (offline runs cannot append to one)."""
     _no_wandb_telemetry()
     init = dict(logger._wandb_init, mode="offline")
-    return _without_anonymous(WandbLogger(save_dir=init.pop("dir"), **init))
+    new_run = getattr(logger, "_fcn_offline_run", None)
+    if new_run:
+        init.update(new_run)
+        log.info("wandb: this continuation is a new run %s (%r)", new_run["id"], new_run["name"])
+    offline = type(logger)(
+        save_dir=init.pop("dir"),
+        log_model=logger._log_model,
+        prefix=logger._prefix,
+        checkpoint_name=logger._checkpoint_name,
+        add_file_policy=logger.add_file_policy,
+        **init,
+    )
+    offline._fcn_offline_run = None
+    return _without_anonymous(offline)
 
 
 def _go_online(logger: WandbLogger) -> WandbLogger:
@@ -313,9 +377,23 @@ def start_loggers(loggers: list[Logger]) -> list[Logger]:
     ]
 
 
-def finish_wandb() -> None:
-    """Close this process's wandb run, so that the next multirun job starts a new one."""
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close this process's wandb run, so that the next multirun job starts a new one.
+    ``exit_code``: nonzero marks the run failed (a job that raised). Then log the ``wandb sync``
+    command that uploads the offline runs of the run's folder not synced yet, if any."""
     import wandb
 
-    if wandb.run is not None:
-        wandb.finish()
+    run = wandb.run
+    if run is None:
+        return
+    try:
+        wandb_dir = Path(run.settings.sync_dir).parent if run.settings.mode != "disabled" else None
+    except (AttributeError, TypeError, ValueError):
+        wandb_dir = None
+    wandb.finish(exit_code=exit_code)
+    commands = sync_commands([wandb_dir]) if wandb_dir and rank_zero_only.rank == 0 else []
+    if commands:
+        log.info(
+            "wandb: offline runs not uploaded yet; after `wandb login`, upload them with:\n%s",
+            "\n".join(f"  {c}" for c in commands),
+        )
