@@ -1,199 +1,46 @@
 """Compare the jobs of a sweep from their own files: ``python -m fcn.compare <sweep folder>``.
 
-Reads every job folder's ``metrics.json`` and Hydra files (no wandb server needed) and writes,
-into the sweep folder, ``comparison.md`` (final and best validation metrics per job, per-class IoU
-at each job's best epoch, and the jobs that failed or did not finish) and ``loss.png`` /
-``miou.png`` (the curves of every job on common axes: the Keras seed's two figures,
-docs/seed.md#figures).
+Reads every job folder's ``metrics.json``, ``failure.json`` and Hydra files (no wandb server
+needed) and writes, into the sweep folder, ``comparison.md`` (final and best validation metrics
+per job, per-class IoU at each job's best epoch, and the jobs that failed or did not finish, with
+their reason) and ``loss.png`` / ``miou.png`` (the curves on common axes: the Keras seed's two
+figures, docs/seed.md#figures). A sweep repeated over seeds (``seed=0,1,2``) is compared group by
+group: jobs that differ only in their seed, their mean, sample standard deviation and count, and
+curves with a min-max band; see :mod:`fcn.compare_groups`.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import math
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fcn.compare_groups import Group, group_jobs, group_markdown
+from fcn.compare_jobs import SUMMARY, BadMetrics, Job, read_job, read_metrics, read_sweep
+from fcn.compare_plots import band, plot_curves
 from fcn.errors import FCNError
-from fcn.files import atomic_write, write_text
-from fcn.training.tracking import run_name, swept_keys
+from fcn.files import write_text
+from fcn.training.tracking import swept_keys
 
-SUMMARY = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss", "train/loss")
-
-
-@dataclass
-class Job:
-    """One job folder of a sweep and what its files say."""
-
-    folder: Path
-    name: str
-    status: str  # finished | failed | interrupted | incomplete | no metrics | unreadable metrics
-    max_epochs: int | None = None
-    metrics: dict = field(default_factory=dict)  # metrics.json, or {} when there is none
-    error: str | None = None  # what is wrong with an unreadable metrics.json
-
-    @property
-    def history(self) -> list[dict]:
-        return self.metrics.get("history", [])
-
-    @property
-    def epochs(self) -> int:
-        return int(self.metrics.get("epochs_completed", len(self.history)))
-
-    @property
-    def problem(self) -> str | None:
-        """Why this job is not a finished run, or None."""
-        if self.status == "finished":
-            return None
-        log = self.folder / "train.log"
-        where = f"see {log}" if log.is_file() else "no log either"
-        if self.status == "no metrics":
-            return f"no metrics.json: it failed before its first epoch ({where})"
-        if self.status == "unreadable metrics":
-            return f"{self.error} ({where})"
-        if self.status == "incomplete":
-            where = f"still running, or killed; {where}"
-        done = f"{self.epochs}/{self.max_epochs}" if self.max_epochs else str(self.epochs)
-        return f"{self.status} after {done} epochs ({where})"
-
-
-def _job_folders(sweep: Path) -> list[Path]:
-    folders = [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
-    return sorted(
-        folders,
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
-
-
-class BadMetrics(ValueError):
-    """A ``metrics.json`` that cannot be read, or is not what MetricsFile writes."""
-
-
-def _kind(value: object) -> str:
-    """The JSON name of a value's type."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number" if isinstance(value, int | float) else "?")
-
-
-def _is_number(value: object) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
-
-
-def _shape_error(doc: object) -> str | None:
-    """What in a parsed ``metrics.json`` is not what MetricsFile writes, or None."""
-    if not isinstance(doc, dict):
-        return f"{_kind(doc)} where an object was expected"
-    if not isinstance(doc.get("status", ""), str):
-        return f"status is {_kind(doc['status'])}, not a string"
-    epochs = doc.get("epochs_completed", 0)
-    if not isinstance(epochs, int) or isinstance(epochs, bool):
-        return f"epochs_completed is {_kind(epochs)}, not a whole number"
-    if not isinstance(doc.get("history", []), list):
-        return f"history is {_kind(doc['history'])}, not an array"
-    entries = [(k, doc.get(k)) for k in ("best", "final")]
-    entries += [(f"history[{i}]", e) for i, e in enumerate(doc.get("history", []))]
-    for where, entry in entries:
-        if entry is None and not where.startswith("history"):
-            continue
-        if not isinstance(entry, dict):
-            return f"{where} is {_kind(entry)}, not an object"
-        if where.startswith("history") and not isinstance(entry.get("epoch"), int):
-            return f"{where} has no whole epoch number"
-        bad = next((k for k, v in entry.items() if not _is_number(v)), None)
-        if bad is not None:
-            return f'{where}["{bad}"] is {_kind(entry[bad])}, not a number'
-    return None
-
-
-def read_metrics(path: Path) -> dict:
-    """The content of a ``metrics.json``; :class:`BadMetrics` names the file and what is wrong
-    with it (unreadable, empty, not JSON, or not the shape MetricsFile writes)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise BadMetrics(f"{path} is not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise BadMetrics(f"{path} cannot be read: {err.strerror or err}") from None
-    if not text.strip():
-        raise BadMetrics(f"{path} is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadMetrics(
-            f"{path} is not valid JSON (line {err.lineno} column {err.colno}: {err.msg})"
-        ) from None
-    if why := _shape_error(doc):
-        raise BadMetrics(f"{path} is not a metrics file of fcn.train: {why}")
-    return doc
-
-
-def _name(folder: Path, keep: set[str] | None) -> str:
-    """The job's run name from its ``.hydra/hydra.yaml``, else its folder's name."""
-    try:
-        hc = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
-        groups = [k for k, v in hc.runtime.choices.items() if v is not None]
-        return run_name(list(hc.overrides.task), groups, keep) or folder.name
-    except Exception:  # missing or foreign: the folder's name will do
-        return folder.name
-
-
-def _max_epochs(folder: Path) -> int | None:
-    for config in (folder / "config.yaml", folder / ".hydra" / "config.yaml"):
-        if config.is_file():
-            try:
-                value = OmegaConf.load(config).trainer.max_epochs
-            except Exception:  # unreadable or foreign: the epochs are shown without a total
-                return None
-            return value if isinstance(value, int) else None
-    return None
-
-
-def read_job(folder: Path, keep: set[str] | None) -> Job:
-    """A job from its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files; a broken
-    ``metrics.json`` makes an ``unreadable metrics`` job that says what is wrong."""
-    name, max_epochs = _name(folder, keep), _max_epochs(folder)
-    metrics_file = folder / "metrics.json"
-    if not metrics_file.is_file():
-        return Job(folder, name, "no metrics", max_epochs)
-    try:
-        metrics = read_metrics(metrics_file)
-    except BadMetrics as err:
-        return Job(folder, name, "unreadable metrics", max_epochs, error=str(err))
-    status = metrics.get("status", "incomplete")
-    if status == "running":  # nobody is writing it any more, or the job is still going
-        status = "incomplete"
-    return Job(folder, name, status, max_epochs, metrics)
-
-
-def read_sweep(sweep: Path) -> list[Job]:
-    """Every job of ``sweep`` (a Hydra multirun folder), in job order."""
-    if not sweep.is_dir():
-        raise FileNotFoundError(f"sweep folder not found: {sweep}")
-    folders = _job_folders(sweep)
-    if not folders:
-        raise FileNotFoundError(f"no job folders (with a .hydra/ folder) in {sweep}")
-    keep = swept_keys(str(sweep))
-    return [read_job(folder, keep) for folder in folders]
+__all__ = [
+    "SUMMARY", "BadMetrics", "Comparison", "Job", "band", "compare", "main", "markdown",
+    "plot_curves", "read_job", "read_metrics", "read_sweep",
+]  # fmt: skip
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
-    """The comparison as markdown: summary table, per-class IoU, unfinished jobs."""
-    lines = [f"# Comparison of {sweep.name}", ""]
-    if command:
-        lines += ["```bash", command, "```", ""]
+def _job_tables(jobs: Sequence[Job]) -> list[str]:
+    """The per-job table, the per-class IoU and the jobs that did not finish."""
     head = "| run | status | epochs | best val/mIoU (at epoch) | final " + " | final ".join(SUMMARY)
-    lines += [head + " |", "|" + "---|" * (4 + len(SUMMARY))]
+    lines = [head + " |", "|" + "---|" * (4 + len(SUMMARY))]
     for job in jobs:
         best, final = job.metrics.get("best") or {}, job.metrics.get("final") or {}
         epoch = best.get("epoch")
@@ -219,46 +66,35 @@ def markdown(jobs: list[Job], sweep: Path, command: str | None) -> str:
     if problems:
         lines += ["", "Jobs that did not finish:", ""]
         lines += [f"- {job.name} ({job.folder.name}/): {why}" for job, why in problems]
-    lines += ["", "Epochs count from 1. Curves: loss.png (train solid, val dashed), miou.png.", ""]
+    return lines
+
+
+def markdown(
+    jobs: Sequence[Job],
+    sweep: Path,
+    command: str | None,
+    groups: Sequence[Group] | None = None,
+    provenance: Sequence[str] = (),
+) -> str:
+    """The comparison as markdown: with ``groups``, the group tables and pairwise statements
+    first; the per-job table, per-class IoU and unfinished jobs; the provenance warnings."""
+    lines = [f"# Comparison of {sweep.name}", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    if groups is not None:
+        lines += [*group_markdown(groups), "", "## Jobs", ""]
+    lines += _job_tables(jobs)
+    if provenance:
+        lines += ["", "## Provenance", ""]
+        lines += [f"- {line}" for line in provenance]
+    curves = "Curves: loss.png (train solid, val dashed), miou.png"
+    if groups is not None:
+        curves += (
+            ": per group the mean over its finished jobs, per epoch over those that reached it, "
+            "in a band from their min to their max"
+        )
+    lines += ["", f"Epochs count from 1. {curves}.", ""]
     return "\n".join(lines)
-
-
-def plot_curves(jobs: list[Job], sweep: Path) -> list[Path]:
-    """``loss.png`` (train and val loss) and ``miou.png`` (val mIoU) per epoch, every job on
-    common axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    written = []
-    for filename, title, curves in (
-        ("loss.png", "cross-entropy per valid pixel", (("train/loss", "-"), ("val/loss", "--"))),
-        ("miou.png", "validation mean IoU", (("val/mIoU", "-"),)),
-    ):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for i, job in enumerate(jobs):
-            color = f"C{i % 10}"
-            for key, style in curves:
-                points = [(h["epoch"] + 1, h[key]) for h in job.history if key in h]
-                if points:
-                    label = job.name if len(curves) == 1 else f"{job.name} {key.split('/')[0]}"
-                    ax.plot(*zip(*points, strict=True), style, color=color, label=label)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        try:
-            save = functools.partial(fig.savefig, format="png", dpi=110)
-            path = atomic_write(sweep / filename, save)
-        finally:
-            plt.close(fig)
-        written.append(path)
-    return written
 
 
 def _sweep_command(sweep: Path) -> str | None:
@@ -269,12 +105,62 @@ def _sweep_command(sweep: Path) -> str | None:
     return "python -m fcn.train -m " + " ".join(overrides)
 
 
-def compare(sweep: Path) -> tuple[list[Job], Path]:
+def provenance(jobs: Sequence[Job]) -> list[str]:
+    """What differs between the finished jobs' code, versions, devices and id lists (one line
+    each, from :func:`fcn.provenance.provenance_warnings`); [] when nothing does."""
+    try:
+        from fcn.provenance import provenance_warnings
+    except ImportError as err:  # a version of fcn without it: nothing to check with
+        if err.name != "fcn.provenance":
+            raise
+        return []
+    finished = [job for job in jobs if job.status == "finished"]
+    names = [job.name for job in finished]
+    runs = {
+        f"{job.name} ({job.folder.name}/)" if names.count(job.name) > 1 else job.name: job.metrics
+        for job in finished
+    }
+    return (
+        [str(line).removeprefix("warning: ") for line in provenance_warnings(runs)] if runs else []
+    )
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` read and wrote."""
+
+    jobs: list[Job]
+    groups: list[Group] | None  # None: no seeds swept, the jobs are compared one by one
+    warnings: list[str]  # provenance differences between the finished jobs
+    path: Path  # comparison.md
+    figures: list[Path]
+
+
+def compare(sweep: Path) -> Comparison:
     """Write ``comparison.md``, ``loss.png`` and ``miou.png`` into ``sweep``."""
     jobs = read_sweep(sweep)
-    out = write_text(sweep / "comparison.md", markdown(jobs, sweep, _sweep_command(sweep)))
-    plot_curves(jobs, sweep)
-    return jobs, out
+    groups = group_jobs(jobs, swept_keys(str(sweep)))
+    warnings = provenance(jobs)
+    text = markdown(jobs, sweep, _sweep_command(sweep), groups, warnings)
+    out = write_text(sweep / "comparison.md", text)
+    return Comparison(jobs, groups, warnings, out, plot_curves(jobs, sweep, groups))
+
+
+def _wandb_report(sweep: Path, jobs: list[Job]) -> int:
+    """Save the sweep's wandb report; print where, or ``error: ...`` (status 1)."""
+    try:
+        from fcn.wandb_report import save_sweep_report
+    except ImportError as err:
+        if err.name != "fcn.wandb_report":
+            raise
+        print("error: --wandb-report needs fcn.wandb_report, absent here", file=sys.stderr)
+        return 1
+    try:
+        print(save_sweep_report(sweep, jobs))
+    except FCNError as err:  # no login, no server
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,18 +170,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "sweep", type=Path, help="a multirun folder, e.g. outputs/train/multiruns/<time>"
     )
+    parser.add_argument(
+        "--wandb-report",
+        action="store_true",
+        help="also save the comparison as a wandb report (needs a wandb login); the local "
+        "comparison is written first either way",
+    )
     args = parser.parse_args(argv)
     try:
-        jobs, out = compare(args.sweep)
+        result = compare(args.sweep)
     except (FileNotFoundError, FCNError) as err:  # no sweep there; the disk is full
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(out.read_text())
-    for job in jobs:
+    print(result.path.read_text())
+    for job in result.jobs:
         if job.problem:
             print(f"warning: {job.name} ({job.folder}): {job.problem}", file=sys.stderr)
-    print(f"written: {out}, {args.sweep / 'loss.png'}, {args.sweep / 'miou.png'}")
-    return 0 if any(job.status == "finished" for job in jobs) else 1
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print("written: " + ", ".join(str(p) for p in [result.path, *result.figures]))
+    if args.wandb_report and _wandb_report(args.sweep, result.jobs):
+        return 1
+    return 0 if any(job.status == "finished" for job in result.jobs) else 1
 
 
 if __name__ == "__main__":

@@ -111,3 +111,29 @@ def test_a_sweep_of_only_broken_jobs_fails(sweep: Path, tmp_path: Path) -> None:
         (folder / job / "metrics.json").write_text("{")
     assert main([str(folder)]) == 1
     assert "Jobs that did not finish:" in (folder / "comparison.md").read_text()
+
+
+def test_an_unseeded_sweep_names_a_failed_job_with_its_recorded_reason(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _copy(sweep, tmp_path)
+    metrics = folder / "1" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "status": "failed"}))
+    failure = {"status": "interrupted", "kind": "interrupted", "exception": "KeyboardInterrupt",
+               "reason": "stopped by Ctrl+C", "log": str(folder / "1" / "train.log")}  # fmt: skip
+    (folder / "1" / "failure.json").write_text(json.dumps(failure))
+    assert main([str(folder)]) == 0
+    table = (folder / "comparison.md").read_text()
+    assert "## Groups" not in table and "## Jobs" not in table  # one row per job, as before
+    assert "| fcn8 | interrupted | 1/1 |" in table
+    assert (
+        "- fcn8 (1/): interrupted after 1/1 epochs: KeyboardInterrupt: stopped by Ctrl+C "
+        f"(see {folder / '1' / 'train.log'})"
+    ) in table
+    (folder / "1" / "failure.json").write_text("{not json")  # unreadable: what metrics.json says
+    assert main([str(folder)]) == 0
+    assert (
+        f"- fcn8 (1/): failed after 1/1 epochs (see {folder / '1' / 'train.log'})"
+        in (folder / "comparison.md").read_text()
+    )
+    assert "warning: fcn8" in capsys.readouterr().err
