@@ -9,9 +9,10 @@ one.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from torch import Tensor
 
 from fcn.errors import DataError
 
-#: Key of the random states of torch, numpy and Python in our checkpoints.
+log = logging.getLogger(__name__)
+
+#: Key of the random states (torch, numpy, Python and CUDA; one set per process) in our
+#: checkpoints.
 RNG_KEY = "fcn_rng_states"
 
 
@@ -99,23 +103,85 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def rng_states() -> dict[str, Any]:
-    """The global random states of torch, numpy and Python, as tensors and plain containers
-    (a checkpoint holding them stays loadable weights-only)."""
+    """The global random states of torch, numpy and Python, and those of every visible GPU
+    (``cuda``: dropout on a GPU draws from them) when CUDA is available, as tensors and plain
+    containers (a checkpoint holding them stays loadable weights-only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
+    states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": random.getstate(),
     }
+    if torch.cuda.is_available():
+        states["cuda"] = list(torch.cuda.get_rng_state_all())
+    return states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` captured."""
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured. CUDA states are restored for the GPUs visible
+    now (a warning when their number differs, or when there is no GPU to restore them to)."""
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    cuda = states.get("cuda")
+    if not cuda:
+        return
+    if not torch.cuda.is_available():
+        log.warning(
+            "the checkpoint holds the random states of %d GPU(s) but no GPU is available: "
+            "dropout draws differ from the saved run's",
+            len(cuda),
+        )
+        return
+    count = torch.cuda.device_count()
+    if count != len(cuda):
+        log.warning(
+            "the checkpoint holds the random states of %d GPU(s) and %d are visible: the "
+            "first %d restored",
+            len(cuda), count, min(count, len(cuda)),
+        )  # fmt: skip
+    torch.cuda.set_rng_state_all(cuda[:count])
+
+
+def rank_rng_states(per_rank: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """What our checkpoints store under :data:`RNG_KEY`: the :func:`rng_states` of every
+    process of the run, by rank (None for a process whose states were not gathered)."""
+    return {"world_size": len(per_rank), "ranks": list(per_rank)}
+
+
+def rng_states_for_rank(
+    stored: Mapping[str, Any], rank: int, world_size: int
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The states process ``rank`` of ``world_size`` restores from a checkpoint's
+    :data:`RNG_KEY` entry (None: keep its own), and a warning when the checkpoint cannot give
+    every process its own states (None when it can).
+
+    Reads :func:`rank_rng_states` entries and the older single-process ones (one set of states,
+    restored by every process, as they always were)."""
+    if "ranks" not in stored:  # the older format: the states of the process that saved
+        warning = None
+        if world_size > 1:
+            warning = (
+                f"the checkpoint holds the random states of one process; all {world_size} "
+                "processes restore them"
+            )
+        return stored, warning
+    saved = int(stored["world_size"])
+    per_rank = list(stored["ranks"])
+    missing = [r for r in range(world_size) if r >= saved or per_rank[r] is None]
+    problems = []
+    if saved != world_size:
+        problems.append(
+            f"the checkpoint was saved by {saved} process(es) and the run resumes with {world_size}"
+        )
+    if missing:
+        problems.append(
+            f"rank(s) {missing} find no random states of their own in it and keep their seeded "
+            "ones (their dropout draws differ from an uninterrupted run's)"
+        )
+    return (per_rank[rank] if rank < saved else None), "; ".join(problems) or None
 
 
 def epochs_trained(checkpoint: dict[str, Any]) -> int | None:

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerStatus
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from fcn.checkpoint import CONFIG_KEY, RNG_KEY, rng_states, set_rng_states
+from fcn.checkpoint import (
+    CONFIG_KEY,
+    RNG_KEY,
+    rank_rng_states,
+    rng_states,
+    rng_states_for_rank,
+    set_rng_states,
+)
 from fcn.data.labels import IGNORE_INDEX
 from fcn.errors import FCNError
 from fcn.scores import METRIC_NAMES
-from fcn.training.metrics import SegmentationMetrics
+from fcn.training.metrics import LossMean, SegmentationMetrics
+
+log = logging.getLogger(__name__)
 
 LOSS_REDUCTIONS = ("mean", "sum")
 #: ``module.class_weights`` computed by ``fcn.train`` from the training split's pixel counts.
 MEDIAN_FREQUENCY = "median_frequency"
+#: ``module.compile_dynamic``: choose from the run's transforms (:func:`compile_dynamic_for`).
+AUTO = "auto"
+#: The non-finite loss record of a process that saw none (larger than any step's code).
+_ALL_FINITE = 2**62
+#: The non-finite values a loss can take, by their code in that record (``step * 4 + code``).
+_NONFINITE = (float("nan"), float("inf"), float("-inf"))
 
 
 def segmentation_loss(
@@ -37,15 +55,19 @@ def segmentation_loss(
     ``weight`` (one per class): each pixel's cross-entropy is multiplied by its class's weight;
     ``mean`` then divides by the sum of the valid pixels' weights (as torch's weighted mean
     does; 0 when that sum is 0), ``sum`` adds the weighted terms.
+
+    The cross-entropy is taken per pixel (``reduction="none"``) and summed here: on CUDA, torch's
+    own ``sum`` and ``mean`` reductions of a 2-d NLL loss add with atomics, and
+    ``torch.use_deterministic_algorithms`` (``trainer.deterministic=true``) refuses them.
     """
     valid_mask = target != IGNORE_INDEX
     valid = valid_mask.sum()
+    per_pixel = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="none")
     if weight is None:
-        total = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        total = per_pixel.sum()  # void pixels are 0
         if reduction == "sum":
             return total, valid
         return total / valid.clamp(min=1), valid
-    per_pixel = F.cross_entropy(scores, target, ignore_index=IGNORE_INDEX, reduction="none")
     pixel_weight = weight.to(per_pixel.dtype)[torch.where(valid_mask, target, 0)] * valid_mask
     total = (per_pixel * pixel_weight).sum()
     if reduction == "sum":
@@ -104,6 +126,36 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def compile_dynamic_for(run_config: Mapping[str, Any] | None) -> bool | None:
+    """``torch.compile``'s ``dynamic`` for a run's config (``module.compile_dynamic=auto``).
+
+    True (shapes dynamic from the start) when training batches may differ in size (images at
+    their own sizes, as ``transforms=original``); None (torch's default: static, dynamic once a
+    size changes) when only validation's do (``transforms=augment``: fixed training crops);
+    False (static) when every batch has one size (``transforms=resize_pad``); None without a
+    config. The sizes: :func:`fcn.training.autotuning.fixed_sizes`, as for cuDNN autotuning.
+    """
+    if run_config is None:
+        return None
+    from fcn.training.autotuning import fixed_sizes
+
+    train, val = fixed_sizes(run_config.get("transforms") or {})
+    if not train:
+        return True
+    return False if val else None
+
+
+def check_compile_dynamic(compile_dynamic: Any) -> None:
+    """Raise ValueError (its message starts with ``compile_dynamic``) unless it is ``auto``,
+    true, false or null."""
+    allowed = compile_dynamic is None or isinstance(compile_dynamic, bool)
+    if not allowed and compile_dynamic != AUTO:
+        raise ValueError(
+            f"compile_dynamic must be {AUTO} (from the transforms), true (dynamic shapes), false "
+            f"(static) or null (torch's default), got {compile_dynamic!r}"
+        )
+
+
 class TrainingDiverged(FCNError):
     """The training loss became NaN or infinite."""
 
@@ -149,6 +201,18 @@ class FCNModule(pl.LightningModule):
             (faster convolutions on many GPUs and recent CPUs; same results within float error).
         compile: compile the network's forward with ``torch.compile`` (in place: checkpoints keep
             the plain parameter names).
+        compile_dynamic: ``torch.compile``'s ``dynamic``: true, false, null (torch's default) or
+            ``auto``, chosen from ``run_config``'s transforms by :func:`compile_dynamic_for`
+            (dynamic when the training images keep their own sizes).
+
+    A non-finite training loss stops the run with :class:`TrainingDiverged` on every process,
+    naming the first step where any process saw one. It is noted on the device at every step;
+    the processes compare notes (one all-reduce, one read by the host) every
+    ``trainer.log_every_n_steps`` batches, at the end of each epoch's training batches, before
+    validation and before a checkpoint is written, so a step never waits for the host.
+
+    Checkpoints carry the random states (CPU, numpy, Python and CUDA) of every process, gathered
+    when the checkpoint is made; a resumed process restores its own.
 
     Logged per epoch: ``train/loss``, ``val/loss`` (both the mean cross-entropy per valid pixel,
     unweighted, whatever reduction and class weights are optimised, so runs compare),
@@ -168,9 +232,11 @@ class FCNModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         class_weights: Sequence[float] | None = None,
+        compile_dynamic: bool | str | None = AUTO,
     ) -> None:
         super().__init__()
         check_loss_reduction(loss_reduction)
+        check_compile_dynamic(compile_dynamic)
         num_classes = net.num_classes
         if isinstance(class_weights, str) and class_weights == MEDIAN_FREQUENCY:
             raise ValueError(
@@ -194,7 +260,7 @@ class FCNModule(pl.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self.class_names = names
         self.run_config = _plain(run_config) if run_config is not None else None
-        self.train_loss = MeanMetric()
+        self.train_loss = LossMean()  # no host read per step (MeanMetric checks for NaN)
         self.val_loss = MeanMetric()
         self.val_metrics = SegmentationMetrics(num_classes)
         #: The confusion matrix of the last validation (int64, on the CPU; rows true class,
@@ -203,8 +269,16 @@ class FCNModule(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        #: Per step, on the device: the first non-finite loss since the start, as
+        #: ``step * 4 + kind`` (kind: index in ``_NONFINITE``), or ``_ALL_FINITE``.
+        self._nonfinite: Tensor | None = None
+        self._unchecked_steps = 0
+        #: ``torch.compile``'s ``dynamic`` for the network (``compile_dynamic``, ``auto`` resolved).
+        self.compile_dynamic = (
+            compile_dynamic_for(self.run_config) if compile_dynamic == AUTO else compile_dynamic
+        )
         if compile:
-            self.net.compile()
+            self.net.compile(dynamic=self.compile_dynamic)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -213,7 +287,7 @@ class FCNModule(pl.LightningModule):
         images, labels, _ = batch  # padded images train as they are (pads are void)
         scores = self.net(images.contiguous(memory_format=self.memory_format))
         loss, valid = segmentation_loss(scores, labels, self.loss_reduction, self.class_weights)
-        self._stop_if_diverged(loss)
+        self._note_nonfinite(loss.detach())
         if self.class_weights is not None:  # logged unweighted, as without class weights
             with torch.no_grad():
                 per_pixel, _ = segmentation_loss(scores.detach(), labels, "mean")
@@ -224,20 +298,48 @@ class FCNModule(pl.LightningModule):
         self.log("train/loss_step", per_pixel, prog_bar=True, batch_size=len(images))
         return loss
 
-    def _stop_if_diverged(self, loss: Tensor) -> None:
-        """Raise :class:`TrainingDiverged` on every process when any process's loss is NaN or
-        infinite (one all-reduce of a flag per step under DDP, so no process is left waiting)."""
-        bad = not bool(torch.isfinite(loss.detach()))
+    def _note_nonfinite(self, loss: Tensor) -> None:
+        """Record on the device whether ``loss`` is NaN or infinite (no read by the host)."""
+        kind = torch.where(loss.isnan(), 0, torch.where(loss > 0, 1, 2))
+        code = torch.where(loss.isfinite(), _ALL_FINITE, self.global_step * 4 + kind)
+        self._nonfinite = code if self._nonfinite is None else torch.minimum(self._nonfinite, code)
+        self._unchecked_steps += 1
+
+    def _stop_if_diverged(self) -> None:
+        """Raise :class:`TrainingDiverged` on every process when any process saw a NaN or
+        infinite training loss since the last check, naming the first such step: one all-reduce
+        (the minimum of the processes' records) and one read by the host. Every process calls it
+        at the same points (its step counts are the same), so none is left waiting."""
+        if self._unchecked_steps == 0 or self._nonfinite is None:
+            return
+        self._unchecked_steps = 0
+        code = self._nonfinite.clone()
         if self._trainer is not None:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
-            raise TrainingDiverged(
-                diverged_message(loss.detach().item(), self.global_step, self.current_epoch, lr,
-                                 self.loss_reduction)
-            )  # fmt: skip
+            code = self.trainer.strategy.reduce(code, reduce_op="min")
+        first = int(code)
+        if first >= _ALL_FINITE:
+            return
+        step, kind = divmod(first, 4)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
+        raise TrainingDiverged(
+            diverged_message(_NONFINITE[kind], step, self.current_epoch, lr, self.loss_reduction)
+        )
+
+    def on_fit_start(self) -> None:
+        self._nonfinite = None
+        self._unchecked_steps = 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if last or (every > 0 and self._unchecked_steps >= every):
+            self._stop_if_diverged()
+
+    def on_validation_start(self) -> None:
+        self._stop_if_diverged()  # not after a non-finite step (a no-op outside training)
 
     def on_train_epoch_end(self) -> None:
+        self._stop_if_diverged()
         self.log("train/loss", self.train_loss.compute(), sync_dist=False)
         self.train_loss.reset()
 
@@ -279,13 +381,43 @@ class FCNModule(pl.LightningModule):
         self.val_loss.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the run config and the random states of every process (Lightning makes a
+        checkpoint on every process and rank zero writes it: the states are gathered here;
+        while an exception is handled, when other processes may not be saving, only this
+        process's own states are stored). Never after a non-finite loss: that stops the run."""
+        interrupted = self._trainer is not None and self.trainer.state.status == (
+            TrainerStatus.INTERRUPTED
+        )
+        if not interrupted:
+            self._stop_if_diverged()
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
-        checkpoint[RNG_KEY] = rng_states()
+        checkpoint[RNG_KEY] = rank_rng_states(self._rng_states_of_every_rank(interrupted))
+
+    def _rng_states_of_every_rank(self, own_only: bool) -> list[dict[str, Any] | None]:
+        """:func:`fcn.checkpoint.rng_states` of every process, by rank (one all-gather)."""
+        own = rng_states()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [own]
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        if own_only or not (dist.is_available() and dist.is_initialized()):
+            return [own if r == rank else None for r in range(world_size)]
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, own)
+        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if RNG_KEY in checkpoint:  # a resumed run continues the random streams it saved
-            set_rng_states(checkpoint[RNG_KEY])
+        """A resumed run continues the random streams it saved, each process its own."""
+        if RNG_KEY not in checkpoint:
+            return
+        rank, world_size = 0, 1
+        if self._trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        states, warning = rng_states_for_rank(checkpoint[RNG_KEY], rank, world_size)
+        if warning and rank == 0:
+            log.warning("resuming: %s", warning)
+        if states is not None:
+            set_rng_states(states)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net)
