@@ -77,6 +77,29 @@ def check_precision(precision: object) -> None:
     )
 
 
+#: ``trainer.precision`` values that train in float16 under a grad scaler.
+FLOAT16_MIXED = ("16-mixed", "16")
+
+
+def check_precision_with_loss(precision: object, loss_reduction: object) -> None:
+    """Raise :class:`ConfigError` for float16 mixed precision with the summed loss.
+
+    A summed loss's gradients are the mean loss's times the valid pixels of the batch (up to
+    250,000 for one 500x500 image): they overflow float16 (largest value 65504) and the grad
+    scaler skips every step they overflow in, without a word (the callback
+    :class:`fcn.training.skipped_steps.SkippedSteps` now logs each). bfloat16 has float32's
+    range and needs no scaler.
+    """
+    value = str(precision)
+    if value in FLOAT16_MIXED and loss_reduction == "sum":
+        raise ConfigError(
+            f"trainer.precision={value} cannot train with module.loss_reduction=sum: the summed "
+            "loss's gradients overflow float16 and the grad scaler skips optimiser steps; use "
+            "trainer.precision=bf16-mixed (float32's range, no skipped steps) or 32-true, or "
+            "module.loss_reduction=mean"
+        )
+
+
 def check_config(cfg: DictConfig, training: bool = True) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work, naming its key.
 
@@ -109,6 +132,9 @@ def check_config(cfg: DictConfig, training: bool = True) -> None:
             f"weights.name must name the released model to start from: one of {list(RELEASED)}"
         )
     _apply("module", check_loss_reduction, loss_reduction=cfg.module.get("loss_reduction"))
+    check_precision_with_loss(
+        (cfg.get("trainer") or {}).get("precision", "32-true"), cfg.module.get("loss_reduction")
+    )
     _apply(
         "module", check_class_weights, class_weights=cfg.module.get("class_weights"),
         num_classes=data.num_classes,

@@ -40,6 +40,7 @@ RUN_TARGETS = frozenset(
         "fcn.training.callbacks.SkippedFilesReport",
         "fcn.training.callbacks.ValidationMasks",
         "fcn.training.confusion_callback.BestConfusionMatrix",
+        "fcn.training.skipped_steps.SkippedSteps",
         "fcn.training.tracking.wandb_logger",
         "pytorch_lightning.Trainer",
         "pytorch_lightning.callbacks.LearningRateMonitor",

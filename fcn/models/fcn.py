@@ -19,11 +19,16 @@ Two alignments:
   input size. About half the FLOPs of ``caffe`` on VOC-sized images.
 
 Both give scores with exactly the input's height and width, for every input size.
+
+Under autocast (``trainer.precision=bf16-mixed`` / ``16-mixed``) the trunk and the 1x1 score
+layers run in reduced precision; the score fusion and the fixed bilinear upsamplers (with the
+scaling and scoring of at-once's scaled skips) run in fp32, so the scores are fp32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -187,35 +192,85 @@ class FCN(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        """Scores ``(N, num_classes, H, W)`` for images ``(N, 3, H, W)`` of any size."""
+        """Scores ``(N, num_classes, H, W)`` for images ``(N, 3, H, W)`` of any size.
+
+        Under autocast (mixed precision) the trunk and the 1x1 score layers run in reduced
+        precision, but the fusion (skip additions) and the fixed bilinear upsamplers run in fp32
+        (:meth:`_fuse`), so the scores come out in fp32. Without autocast every layer runs in the
+        input's dtype.
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"FCN expects images of shape (N, 3, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
-        caffe = self.alignment == "caffe"
-        if not caffe:  # pad bottom/right to a multiple of 32 so every stride divides exactly
+        if self.alignment == "same":  # pad bottom/right to a multiple of 32: strides divide
             x = F.pad(x, (0, (-width) % 32, 0, (-height) % 32))
         feats = self.features(x)
-        score = self.score_fr(feats["fc7"])
-        for skip in self.skips:
-            score = getattr(self, FUSE_UPSCORE[skip])(score)
-            pool = feats[skip] * SKIP_SCALES[skip] if self.skip_scaling else feats[skip]
-            skip_score = getattr(self, f"score_{skip}")(pool)
-            if caffe:
-                skip_score = _crop(
-                    skip_score, CAFFE_SKIP_OFFSET[skip], *score.shape[-2:], f"score_{skip}"
-                )
-            elif skip_score.shape[-2:] != score.shape[-2:]:
-                raise RuntimeError(
-                    f"score_{skip} {tuple(skip_score.shape)} != {tuple(score.shape)}"
-                )
-            score = score + skip_score
-        score = getattr(self, self.final_upscore)(score)
+        skip_scores = [self._skip_score(skip, feats[skip]) for skip in self.skips]
+        return self._fuse(self.score_fr(feats["fc7"]), skip_scores, height, width)
+
+    def _skip_score(self, skip: str, pool: Tensor) -> Tensor:
+        """``score_<skip>`` of a pool's features, scaled first under at-once training.
+
+        Under autocast a scaled skip (x0.01, x0.0001) is scaled and scored in fp32: in float16
+        most of pool3 x 0.0001 would be subnormal or zero. Unscaled skips use autocast's dtype.
+        """
+        layer = getattr(self, f"score_{skip}")
+        if not self.skip_scaling:
+            return layer(pool)
+        region, full = _full_precision(pool)
+        with region:
+            return layer(full(pool) * SKIP_SCALES[skip])
+
+    def _fuse(
+        self, score: Tensor, skip_scores: Sequence[Tensor], height: int, width: int
+    ) -> Tensor:
+        """Upsample the coarse scores, adding each skip's scores on the way, to ``height`` x
+        ``width`` (the input's size).
+
+        Under autocast this runs in fp32 (autocast off, inputs cast to float32): the 16x and
+        32x bilinear kernels are not representable in bfloat16 (nor 32x in float16), a 0.0001
+        scaled skip added to bfloat16 scores would vanish, and bfloat16 scores tie in the argmax.
+        """
+        caffe = self.alignment == "caffe"
+        region, full = _full_precision(score)
+        with region:
+            score = full(score)
+            for skip, skip_score in zip(self.skips, skip_scores, strict=True):
+                score = getattr(self, FUSE_UPSCORE[skip])(score)
+                if caffe:
+                    skip_score = _crop(
+                        skip_score, CAFFE_SKIP_OFFSET[skip], *score.shape[-2:], f"score_{skip}"
+                    )
+                elif skip_score.shape[-2:] != score.shape[-2:]:
+                    raise RuntimeError(
+                        f"score_{skip} {tuple(skip_score.shape)} != {tuple(score.shape)}"
+                    )
+                score = score + full(skip_score)
+            score = getattr(self, self.final_upscore)(score)
         offset = CAFFE_FINAL_OFFSET[len(self.skips)] if caffe else 0
         # A compact copy: a view would keep the whole uncropped map alive through the loss
         # (30 MB more at the peak of a 500x500 training step; bench/model_speed.py --memory).
         score = _crop(score, offset, height, width, self.final_upscore).contiguous()
         assert score.shape[-2:] == (height, width), "FCN output size differs from the input's"
         return score
+
+
+def _full_precision(like: Tensor) -> tuple[AbstractContextManager, Callable[[Tensor], Tensor]]:
+    """Under autocast on ``like``'s device: a context that turns autocast off, and a cast to
+    float32. Otherwise nothing changes and the cast is the identity (fp32, fp64 and bf16-true
+    weights keep their dtype)."""
+    device = like.device.type  # "meta" (shape and cost tracing) has no autocast
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False), _to_float32
+    return nullcontext(), _identity
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+def _to_float32(t: Tensor) -> Tensor:
+    return t.float()
 
 
 def check_fcn_args(
