@@ -30,11 +30,18 @@ from fcn.files import write_text
 from fcn.models.fcn import FCN
 from fcn.models.weights import init_weights, provenance, weights_file
 from fcn.resume import RESUME_SOURCE_ENV
-from fcn.run_folder import clear_training_results, is_inside, is_secondary_process
+from fcn.run_folder import (
+    clear_training_results,
+    is_inside,
+    is_secondary_process,
+    requeue_checkpoint,
+)
 from fcn.stored_config import check_run_targets
 from fcn.sweep_failures import FAILURE_FILE, report_unfinished_sweep
+from fcn.training.autotuning import decide_cudnn_benchmark
 from fcn.training.checkpoint_io import AtomicCheckpointIO
 from fcn.training.class_weights import median_frequency_class_weights
+from fcn.training.distributed import set_collective_timeout
 from fcn.training.module import MEDIAN_FREQUENCY
 from fcn.training.summary import run_summary, silence_lightning_tips
 from fcn.training.tracking import finish_wandb, start_loggers
@@ -62,6 +69,11 @@ def _train(cfg: DictConfig) -> float | None:
     silence_lightning_tips()
     check_config(cfg)
     _refuse_multirun_ddp(cfg)
+    if requeued := requeue_checkpoint(Path(cfg.paths.output_dir)):  # SLURM started it again
+        log.info("requeued by SLURM: continuing from %s", requeued)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(requeued)
+    autotuning = decide_cudnn_benchmark(cfg)
     if os.environ.get(RESUME_SOURCE_ENV):  # options read from a run folder's file (fcn.resume)
         check_run_targets(cfg, os.environ[RESUME_SOURCE_ENV])
     if cfg.ckpt_path is not None:
@@ -107,12 +119,13 @@ def _train(cfg: DictConfig) -> float | None:
         _recursive_=False,  # run_config holds _target_s: stored in checkpoints, not built
     )
     loggers = start_loggers([instantiate(c) for c in (cfg.logger or {}).values()])
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()] + autotuning
     if not loggers:  # Lightning refuses an LR monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    set_collective_timeout(trainer, cfg.get("ddp_timeout_s"))
 
     _save_config(resolved, output_dir)
     for logger in loggers:
@@ -148,7 +161,10 @@ def _initial_weights_of(ckpt_path: str) -> dict:
 @rank_zero_only
 def _keep_drawn_splits(datamodule, output_dir: Path) -> None:
     """Write the id lists of splits drawn at random (``split_by=fraction``) into the run folder
-    as ``splits/{train,val}.txt``, reusable as they are with ``split_by=lists``."""
+    as ``splits/{train,val}.txt``, reusable as they are with ``split_by=lists`` (once: not on
+    another node's first process, which Lightning has not yet told its rank)."""
+    if is_secondary_process():
+        return
     for name in ("train", "val"):
         wrapped = getattr(datamodule, f"{name}_set", None)
         dataset = getattr(wrapped, "dataset", None)

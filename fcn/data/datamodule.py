@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -215,7 +216,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._world()
         sampler = UnpaddedDistributedSampler(len(self.val_set), rank, world)
-        return DataLoader(self.val_set, self.batch_size, sampler=sampler, **self.loader_kwargs)
+        return DataLoader(
+            self.val_set, self.batch_size, sampler=sampler, worker_init_fn=_seed_worker,
+            **self.loader_kwargs,
+        )  # fmt: skip
 
 
 def warn_about_ids(train_set: Dataset | None, val_set: Dataset) -> None:
@@ -278,6 +282,18 @@ def check_class_colors(
     return colors
 
 
+#: OpenCV threads in each loader worker: 0 runs its functions in the worker's own thread.
+WORKER_CV2_THREADS = 0
+
+
 def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own numpy stream derived from torch's per-worker seed."""
+    """Set up each loader worker: its own numpy stream derived from torch's per-worker seed,
+    and OpenCV without threads of its own (:data:`WORKER_CV2_THREADS`).
+
+    The workers already decode and transform in parallel, one process each; OpenCV's default
+    pool of one thread per core in every worker would put workers x cores threads on the cores
+    (beside the training process's own). torch's worker loop already sets
+    ``torch.set_num_threads(1)`` in each worker.
+    """
     np.random.seed(torch.initial_seed() % 2**32)
+    cv2.setNumThreads(WORKER_CV2_THREADS)

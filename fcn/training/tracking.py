@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from fcn.run_folder import is_secondary_process
 from fcn.training.model_artifacts import ALL_WARNING, CheckpointArtifactsLogger, check_log_model
 from fcn.training.wandb_runs import (
     RESUMED_TAG,
@@ -336,8 +337,10 @@ def _offline(logger: WandbLogger) -> WandbLogger:
 
 
 def _go_online(logger: WandbLogger) -> WandbLogger:
-    """Start an online run, or say why not and return the same run offline."""
-    if rank_zero_only.rank != 0:  # only rank zero starts the run
+    """Start an online run, or say why not and return the same run offline. Only the job's
+    global rank zero starts one: any other process returns ``logger`` untouched (the Trainer,
+    once built, gives it wandb's dummy run)."""
+    if not is_global_zero():
         return logger
     url = wandb_base_url()
     settings = logger._wandb_init.get("settings") or {}
@@ -366,9 +369,19 @@ def _go_online(logger: WandbLogger) -> WandbLogger:
     return logger
 
 
+def is_global_zero() -> bool:
+    """True in the process that is (or will be) the job's global rank zero, before a Trainer
+    exists. Lightning's ``rank_zero_only.rank`` reads RANK, LOCAL_RANK and SLURM_PROCID at
+    import but not NODE_RANK, so under Lightning's own multi-node launch the main process of
+    every node would pass for rank zero until the Trainer sets the ranks: a node's rank
+    (NODE_RANK) counts too (:func:`fcn.run_folder.is_secondary_process`)."""
+    return rank_zero_only.rank == 0 and not is_secondary_process()
+
+
 def start_loggers(loggers: list[Logger]) -> list[Logger]:
-    """Start each wandb run now; an online run whose server cannot be reached (a TCP check of
-    a few seconds) or whose ``wandb.init`` fails or times out falls back to offline."""
+    """Start each wandb run now, on the job's global rank zero only (every node's main process
+    runs this before the Trainer exists); an online run whose server cannot be reached (a TCP
+    check of a few seconds) or whose ``wandb.init`` fails or times out falls back to offline."""
     return [
         _go_online(logger)
         if isinstance(logger, WandbLogger) and logger._wandb_init.get("mode") == "online"
