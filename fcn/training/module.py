@@ -273,6 +273,9 @@ class FCNModule(pl.LightningModule):
         #: ``step * 4 + kind`` (kind: index in ``_NONFINITE``), or ``_ALL_FINITE``.
         self._nonfinite: Tensor | None = None
         self._unchecked_steps = 0
+        #: the learning rate of each step since the last check (host floats: no read back), so
+        #: a divergence names the rate it happened at, not one a scheduler has changed since
+        self._step_lrs: dict[int, float] = {}
         #: ``torch.compile``'s ``dynamic`` for the network (``compile_dynamic``, ``auto`` resolved).
         self.compile_dynamic = (
             compile_dynamic_for(self.run_config) if compile_dynamic == AUTO else compile_dynamic
@@ -304,6 +307,8 @@ class FCNModule(pl.LightningModule):
         code = torch.where(loss.isfinite(), _ALL_FINITE, self.global_step * 4 + kind)
         self._nonfinite = code if self._nonfinite is None else torch.minimum(self._nonfinite, code)
         self._unchecked_steps += 1
+        if self._trainer is not None and self.trainer.optimizers:
+            self._step_lrs[self.global_step] = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def _stop_if_diverged(self) -> None:
         """Raise :class:`TrainingDiverged` on every process when any process saw a NaN or
@@ -313,6 +318,7 @@ class FCNModule(pl.LightningModule):
         if self._unchecked_steps == 0 or self._nonfinite is None:
             return
         self._unchecked_steps = 0
+        step_lrs, self._step_lrs = self._step_lrs, {}
         code = self._nonfinite.clone()
         if self._trainer is not None:
             code = self.trainer.strategy.reduce(code, reduce_op="min")
@@ -320,7 +326,7 @@ class FCNModule(pl.LightningModule):
         if first >= _ALL_FINITE:
             return
         step, kind = divmod(first, 4)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
+        lr = step_lrs.get(step)
         raise TrainingDiverged(
             diverged_message(_NONFINITE[kind], step, self.current_epoch, lr, self.loss_reduction)
         )
@@ -328,6 +334,7 @@ class FCNModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._nonfinite = None
         self._unchecked_steps = 0
+        self._step_lrs = {}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
