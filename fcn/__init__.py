@@ -8,6 +8,3 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
-
-# registers the configs' ${fcn_run_name:...} resolver (run folders named from a SLURM job id)
-from fcn import run_folder as _run_folder  # noqa: E402,F401

@@ -11,6 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import fcn.run_folder  # noqa: F401  (the configs' fcn_run_name resolver, as fcn.conf registers it)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 

@@ -364,7 +364,7 @@ def test_compile_dynamic_given_or_refused(monkeypatch: pytest.MonkeyPatch) -> No
     calls: list[dict] = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: (calls.append(kw), fn)[1])
     original = {"transforms": {"train": None, "val": None}}  # no fixed_size (older configs)
-    crops = {"transforms": {"train": {"_target_": "augment"}, "val": None}}
+    crops = {"transforms": {"train": {"_target_": "fcn.data.transforms.augment"}, "val": None}}
     _module(run_config=original, compile=True)
     _module(run_config=crops, compile=True)
     _module(run_config=original, compile=True, compile_dynamic=False)
