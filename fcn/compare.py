@@ -12,7 +12,6 @@ curves with a min-max band; see :mod:`fcn.compare_groups`.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fcn.compare_groups import Group, group_jobs, group_markdown
+from fcn.compare_groups import Group, fmt, group_jobs, group_markdown
 from fcn.compare_jobs import SUMMARY, BadMetrics, Job, read_job, read_metrics, read_sweep
 from fcn.compare_plots import band, plot_curves
 from fcn.errors import FCNError
@@ -33,10 +32,6 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-
 def _job_tables(jobs: Sequence[Job]) -> list[str]:
     """The per-job table, the per-class IoU and the jobs that did not finish."""
     head = "| run | status | epochs | best val/mIoU (at epoch) | final " + " | final ".join(SUMMARY)
@@ -45,10 +40,10 @@ def _job_tables(jobs: Sequence[Job]) -> list[str]:
         best, final = job.metrics.get("best") or {}, job.metrics.get("final") or {}
         epoch = best.get("epoch")
         at = f" ({epoch + 1})" if isinstance(epoch, int) else ""
-        best_cell = f"**{_fmt(best.get('val/mIoU'))}**{at}" if best else "-"
+        best_cell = f"**{fmt(best.get('val/mIoU'))}**{at}" if best else "-"
         done = f"{job.epochs}/{job.max_epochs}" if job.max_epochs else str(job.epochs)
         done = "?" if job.error else done  # its metrics.json cannot tell
-        cells = [job.name, job.status, done, best_cell, *(_fmt(final.get(k)) for k in SUMMARY)]
+        cells = [job.name, job.status, done, best_cell, *(fmt(final.get(k)) for k in SUMMARY)]
         lines.append("| " + " | ".join(cells) + " |")
     classes = list(
         dict.fromkeys(
@@ -61,7 +56,7 @@ def _job_tables(jobs: Sequence[Job]) -> list[str]:
         lines.append("|" + "---|" * (1 + len(classes)))
         for job in jobs:
             best = job.metrics.get("best") or {}
-            lines.append(f"| {job.name} | " + " | ".join(_fmt(best.get(k)) for k in classes) + " |")
+            lines.append(f"| {job.name} | " + " | ".join(fmt(best.get(k)) for k in classes) + " |")
     problems = [(job, job.problem) for job in jobs if job.problem]
     if problems:
         lines += ["", "Jobs that did not finish:", ""]

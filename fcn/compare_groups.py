@@ -98,7 +98,8 @@ def group_jobs(jobs: Sequence[Job], keep: set[str] | None) -> list[Group] | None
     return list(groups.values())
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """A metric as shown in comparison.md: 4 decimals, '-' for none or not finite."""
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
@@ -108,9 +109,9 @@ def fmt_stat(stat: Stat | None, finished: int) -> str:
     if stat is None:
         return "-"
     if stat.sd is None:
-        return f"{_fmt(stat.mean)} (n=1)"
+        return f"{fmt(stat.mean)} (n=1)"
     count = f" (n={stat.n})" if stat.n != finished else ""
-    return f"{_fmt(stat.mean)} ± {_fmt(stat.sd)}{count}"
+    return f"{fmt(stat.mean)} ± {fmt(stat.sd)}{count}"
 
 
 def _seeds(a: Stat, b: Stat) -> str:
@@ -136,8 +137,8 @@ def pair_statement(name_a: str, a: Stat | None, name_b: str, b: Stat | None, lab
     assert a.sd is not None and b.sd is not None
     diff, spread = a.mean - b.mean, a.sd + b.sd
     verdict = "exceeds" if diff > spread else "does not exceed"
-    values = f"{_fmt(a.mean)} ± {_fmt(a.sd)} vs {_fmt(b.mean)} ± {_fmt(b.sd)} ({_seeds(a, b)})"
-    verdict = f"the difference of means ({_fmt(diff)}) {verdict} the spread ({_fmt(spread)})"
+    values = f"{fmt(a.mean)} ± {fmt(a.sd)} vs {fmt(b.mean)} ± {fmt(b.sd)} ({_seeds(a, b)})"
+    verdict = f"the difference of means ({fmt(diff)}) {verdict} the spread ({fmt(spread)})"
     return f"{head}{values}: {verdict}"
 
 

@@ -110,15 +110,14 @@ def write_run_record(save_dir: str, name: str | None, group: str | None, tags: l
 def resumed_epoch(checkpoint: str | Path) -> int | None:
     """The epoch (0-based) a run resumed from ``checkpoint`` starts in: the epochs its training
     had gone through (memory-mapped read of Lightning's loop state); None when unreadable."""
-    from fcn.checkpoint import load_file
+    from fcn.checkpoint import epochs_trained, load_file
     from fcn.errors import DataError
 
     try:
         state = load_file(checkpoint, mmap=True)
-        progress = state["loops"]["fit_loop"]["epoch_progress"]["current"]
-        return int(progress["processed"])
-    except (DataError, KeyError, TypeError, ValueError):
+    except DataError:
         return None
+    return epochs_trained(state) if isinstance(state, dict) else None
 
 
 def continuation(
