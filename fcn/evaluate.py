@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
@@ -28,7 +29,13 @@ from fcn.config_checks import check_config
 from fcn.confusion import confusion_paths, write_confusion
 from fcn.errors import ConfigError, exit_on_user_error
 from fcn.files import refuse_existing, write_text
-from fcn.inference import RELEASED_PREFIX, load_model, require_data, tiling_options
+from fcn.inference import (
+    RELEASED_PREFIX,
+    load_model,
+    require_data,
+    scoring_precision,
+    tiling_options,
+)
 from fcn.models.tiling import TiledScorer
 from fcn.scores import METRIC_NAMES
 from fcn.training.module import FCNModule
@@ -44,6 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     tiling = tiling_options(cfg)
+    precision = scoring_precision(cfg, _device(cfg))
     refuse_existing(cfg.output_file, cfg.overwrite)  # before anything is read or downloaded
     for path in confusion_paths(confusion_stem(cfg.output_file)).values():
         refuse_existing(path, cfg.overwrite, key="output_file's confusion matrix")
@@ -61,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.data.val_transform = cfg.transforms.val
     check_config(cfg, training=False)
     datamodule = instantiate(cfg.data)
-    scorer = TiledScorer(net, **tiling)
+    scorer = TiledScorer(net, **tiling, precision=precision)
     log.info("evaluating %s from %s: %s", net.variant, cfg.ckpt_path, scorer.describe())
     module = FCNModule(scorer, optimizer=build_optimizer, class_names=datamodule.class_names)
     trainer: pl.Trainer = instantiate(
@@ -71,6 +79,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     counts = module.last_val_confusion  # the metrics' own matrix, summed over processes
     _report(metrics, cfg, scorer, counts.numpy(), datamodule.class_names)
     return metrics
+
+
+def _device(cfg: DictConfig) -> str:
+    """The device type ``cfg.trainer`` will run on (for ``precision=auto``)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "cuda" if gpu else "cpu"
 
 
 def confusion_stem(output_file: str | Path) -> Path:

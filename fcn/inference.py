@@ -31,6 +31,7 @@ from fcn.data.transforms import ToTensor
 from fcn.errors import ConfigError
 from fcn.models.downloads import RELEASED, WeightFile, check_fits, fetch
 from fcn.models.fcn import FCN
+from fcn.models.precision import resolve_precision
 from fcn.models.tiling import WINDOW_BATCH, TiledScorer, check_tiling_args
 from fcn.models.weights import load_fcn_state
 from fcn.scores import predicted_classes
@@ -216,6 +217,25 @@ def tiling_options(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return options
+
+
+def scoring_precision(cfg: DictConfig, device: torch.device | str) -> str:
+    """``cfg.precision`` (``fp32``, ``bf16`` or ``auto``; absent: ``fp32``) resolved for
+    ``device``: ``auto`` is ``bf16`` where the device has bfloat16 units. A ConfigError names
+    the key for anything else; ``bf16`` on a device without those units is kept, with a
+    warning that it is emulated."""
+    name = cfg.get("precision", "fp32")
+    try:
+        precision = resolve_precision(name, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if name == "bf16" and resolve_precision("auto", device) != "bf16":
+        log.warning(
+            "precision=bf16: this %s has no bfloat16 units; bf16 is emulated and may be slower "
+            "than fp32 (precision=auto chooses for the device)",
+            torch.device(device).type,
+        )
+    return precision
 
 
 @torch.inference_mode()

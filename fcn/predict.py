@@ -29,7 +29,13 @@ from tqdm import tqdm
 from fcn.data.readers import read_image
 from fcn.errors import ConfigError, DataError, exit_on_user_error, first_few
 from fcn.files import ensure_folder, write_text
-from fcn.inference import load_model, pick_device, predict_mask, tiling_options
+from fcn.inference import (
+    load_model,
+    pick_device,
+    predict_mask,
+    scoring_precision,
+    tiling_options,
+)
 from fcn.models.tiling import TiledScorer
 from fcn.viz import mask_image, overlay, save_png
 
@@ -143,6 +149,7 @@ def predict(cfg: DictConfig) -> int:
         raise ConfigError(f"overwrite must be true or false, got {cfg.overwrite!r}")
     tiling = tiling_options(cfg)
     device = pick_device(cfg.device)
+    precision = scoring_precision(cfg, device)
     out = Path(cfg.output_dir).expanduser()
     base, images = find_images(Path(cfg.input).expanduser(), out)
     plan = plan_outputs(base, images, out, cfg.overwrite)
@@ -154,7 +161,7 @@ def predict(cfg: DictConfig) -> int:
         ensure_folder(folder)
     model = load_model(cfg, cfg.ckpt_path)
     model.net.to(device)
-    scorer = TiledScorer(model.net, **tiling)
+    scorer = TiledScorer(model.net, **tiling, precision=precision)
     log.info(
         "%s from %s on %s, %s: %d image(s)",
         model.net.variant, cfg.ckpt_path, device, scorer.describe(), len(images),

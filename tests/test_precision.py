@@ -117,7 +117,9 @@ def test_fusion_and_upsampling_run_in_fp32_under_bf16_autocast(
     for layer in net.upsamplers:
         name = next(n for n, m in net.named_children() if m is layer)
         assert seen[name] == (fp32, fp32, False), name  # autocast off, fp32 in and out
-    assert seen["conv1_1"][1] == seen["fc7"][1] == seen["score_fr"][1] == bf16  # trunk, score
+    # the trunk, fc7 (score_fr's input: on a CPU fc6/fc7 are matrix products, not module calls)
+    # and the score
+    assert seen["conv1_1"][1] == seen["score_fr"][0] == seen["score_fr"][1] == bf16
     for skip in net.skips:  # scaled skips are scored in fp32, unscaled ones in bfloat16
         assert seen[f"score_{skip}"] == ((fp32, fp32, False) if net.skip_scaling else
                                          (bf16, bf16, True))  # fmt: skip
@@ -162,9 +164,12 @@ def test_without_autocast_every_layer_keeps_the_inputs_dtype(dtype: torch.dtype)
 # --- a trained checkpoint evaluated under bf16-mixed -----------------------------------------
 
 
-def _evaluate(ckpt: Path, workdir: Path, precision: str) -> tuple[dict, Tensor, Tensor]:
-    """``python -m fcn.evaluate`` at ``precision``: its metrics, and the scores and predicted
-    classes of every pixel (from a forward hook on the network, which asserts fp32 scores)."""
+def _evaluate(
+    ckpt: Path, workdir: Path, precision: str, *extra: str
+) -> tuple[dict, Tensor, Tensor]:
+    """``python -m fcn.evaluate`` at Lightning's ``precision`` (and ``extra`` overrides): its
+    metrics, and the scores and predicted classes of every pixel (from a forward hook on the
+    network, which asserts fp32 scores)."""
     scores: list[Tensor] = []
 
     def keep(module: nn.Module, args: tuple, out: Tensor) -> None:
@@ -174,12 +179,13 @@ def _evaluate(ckpt: Path, workdir: Path, precision: str) -> tuple[dict, Tensor, 
 
     handle = nn.modules.module.register_module_forward_hook(keep)
     try:
-        args = [*EVAL, f"ckpt_path={ckpt}", f"trainer.precision={precision}"]
-        proc = run_train([*args, f"hydra.run.dir={precision}"], workdir, entry="evaluate")
+        args = [*EVAL, f"ckpt_path={ckpt}", f"trainer.precision={precision}", *extra]
+        name = "_".join([precision, *extra]).replace("=", "-")
+        proc = run_train([*args, f"hydra.run.dir={name}"], workdir, entry="evaluate")
     finally:
         handle.remove()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((workdir / precision / "evaluation.json").read_text())["metrics"]
+    metrics = json.loads((workdir / name / "evaluation.json").read_text())["metrics"]
     all_scores = torch.cat(scores)
     return metrics, all_scores, all_scores.argmax(1)
 

@@ -164,7 +164,8 @@ def test_the_wrapper_speaks_for_the_network() -> None:
     scorer = TiledScorer(net, [64, 48], flip=True)
     assert (scorer.num_classes, scorer.variant) == (4, "FCN-8s")
     assert scorer.settings() == {
-        "window": [64, 48], "stride": [43, 32], "flip": True, "window_batch": 4
+        "window": [64, 48], "stride": [43, 32], "flip": True, "window_batch": 4,
+        "precision": "fp32",
     }  # fmt: skip
     assert scorer.describe() == "64x48 windows 43x32 apart, with flip"
     assert TiledScorer(net).describe() == "whole images"
@@ -203,13 +204,15 @@ def test_evaluate_in_windows_and_with_flip(trained: Path, tmp_path: Path) -> Non
     give the whole-image numbers; smaller windows and flips give others, and are recorded."""
     ckpt = trained / "checkpoints" / "last.ckpt"
     whole = _evaluate(ckpt, tmp_path, "whole")
-    assert whole["scoring"] == {"window": None, "stride": None, "flip": False, "window_batch": 4}
+    assert whole["scoring"] == {
+        "window": None, "stride": None, "flip": False, "window_batch": 4, "precision": "fp32"
+    }  # fmt: skip
     covering = _evaluate(ckpt, tmp_path, "covering", "window=112")
     assert covering["metrics"] == whole["metrics"]
     assert covering["scoring"]["window"] == [112, 112]
     tiled = _evaluate(ckpt, tmp_path, "tiled", "window=[48,40]", "stride=24", "flip=true")
     assert tiled["scoring"] == {"window": [48, 40], "stride": [24, 24], "flip": True,
-                                "window_batch": 4}  # fmt: skip
+                                "window_batch": 4, "precision": "fp32"}  # fmt: skip
     # The loss is that of the windows' averaged scores (the 4 scenes EVAL validates on).
     cfg = OmegaConf.create({"model": None, "data": {"num_classes": None, "normalization": None}})
     model = load_model(cfg, str(ckpt))

@@ -187,8 +187,8 @@ class FCN(nn.Module):
             h = self.pool(h)
             if stage in (3, 4):
                 out[f"pool{stage}"] = h
-        h = self.drop(F.relu(self.fc6(h), inplace=True))
-        out["fc7"] = self.drop(F.relu(self.fc7(h), inplace=True))
+        h = self.drop(F.relu(_fully_connected(self.fc6, h), inplace=True))
+        out["fc7"] = self.drop(F.relu(_fully_connected(self.fc7, h), inplace=True))
         return out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -253,6 +253,36 @@ class FCN(nn.Module):
         score = _crop(score, offset, height, width, self.final_upscore).contiguous()
         assert score.shape[-2:] == (height, width), "FCN output size differs from the input's"
         return score
+
+
+def _fully_connected(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for fc6 (7x7) and fc7 (1x1), on a CPU as one matrix product of the weight
+    and the input's unfolded patches.
+
+    These layers hold 87% of the weights but see few positions (12x16 for a 375x500 image), and
+    oneDNN's convolution runs them far below the machine's matmul rate: on a 2-core AVX-512
+    CPU a bf16 training step of the paper-sized FCN-8s took 2.17 s with convolutions and 1.72 s
+    with products (docs/performance.md#fc6-and-fc7). Same weights, same result to float rounding.
+    Elsewhere (GPUs, the meta device) the convolution runs as it is.
+    """
+    if x.device.type != "cpu":
+        return conv(x)
+    n, channels, height, width = x.shape
+    (k, _), (pad, _) = conv.kernel_size, conv.padding
+    out_h, out_w = height + 2 * pad - k + 1, width + 2 * pad - k + 1
+    # (n, channels * k * k, positions), channel-major
+    cols = x.reshape(n, channels, height * width) if k == 1 else F.unfold(x, k, padding=pad)
+    weight = conv.weight
+    if weight.is_contiguous():
+        matrix = weight.view(conv.out_channels, -1)
+    else:  # channels-last weights: (out, k, k, in) in memory; order the patches to match
+        matrix = weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+        if k > 1:
+            cols = cols.view(n, channels, k * k, -1).transpose(1, 2).reshape(n, -1, cols.shape[-1])
+    out = torch.matmul(matrix, cols)
+    if conv.bias is not None:
+        out = out + conv.bias[:, None]
+    return out.view(n, conv.out_channels, out_h, out_w)
 
 
 def _full_precision(like: Tensor) -> tuple[AbstractContextManager, Callable[[Tensor], Tensor]]:

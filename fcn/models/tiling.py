@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fcn.models.precision import PRECISIONS, autocast_for, cast_for_inference
+
 #: Windows (mirrors included) scored in one forward pass, per image of a batch.
 WINDOW_BATCH = 4
 #: Stride of ``stride=None``, as a fraction of the window: a third of each window overlaps its
@@ -113,6 +115,9 @@ class TiledScorer(nn.Module):
         flip: also score each window mirrored left to right and average.
         window_batch: windows (mirrors included) per forward pass and image of the batch: it
             bounds the memory a window size needs, whatever the image's size.
+        precision: ``fp32``, or ``bf16``: the network scores under bfloat16 autocast, its
+            weights cast once and kept channels-last, as its inputs (faster in bf16;
+            :mod:`fcn.models.precision`); ``net`` is changed in place.
 
     With neither window nor flip it is ``net`` itself: ``forward`` returns ``net(x)``; so it does
     when one window covers the image and ``flip`` is off.
@@ -125,10 +130,18 @@ class TiledScorer(nn.Module):
         stride: int | Sequence[int] | None = None,
         flip: bool = False,
         window_batch: int = WINDOW_BATCH,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         check_tiling_args(window, stride, flip, window_batch)
-        self.net = net
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.net = cast_for_inference(net, precision)
+        self.memory_format = torch.contiguous_format
+        if precision == "bf16":
+            self.memory_format = torch.channels_last
+            self.net.to(memory_format=self.memory_format)
         self.window = as_pair(window, "window") if window is not None else None
         self.stride: tuple[int, int] | None = None
         if self.window is not None and stride is not None:
@@ -153,6 +166,7 @@ class TiledScorer(nn.Module):
             "stride": list(self.stride) if self.stride else None,
             "flip": self.flip,
             "window_batch": self.window_batch,
+            "precision": self.precision,
         }
 
     def describe(self) -> str:
@@ -162,13 +176,23 @@ class TiledScorer(nn.Module):
         else:
             (wh, ww), (sh, sw) = self.window, self.stride
             text = f"{wh}x{ww} windows {sh}x{sw} apart"
-        return text + (", with flip" if self.flip else "")
+        text += ", with flip" if self.flip else ""
+        return text + (", in bf16" if self.precision == "bf16" else "")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.settings().items())
 
     def forward(self, x: Tensor) -> Tensor:
         """Scores ``(N, C, H, W)`` for images ``(N, 3, H, W)``, on ``x``'s device."""
+        param = next(self.net.parameters(), None)
+        device = param.device if param is not None else x.device
+        with autocast_for(self.precision, device.type):
+            return self._scores(x, device)
+
+    def _net(self, x: Tensor) -> Tensor:
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def _scores(self, x: Tensor, device: torch.device) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"TiledScorer expects images (N, 3, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
@@ -178,10 +202,8 @@ class TiledScorer(nn.Module):
             win_h, win_w = min(self.window[0], height), min(self.window[1], width)
             rows = window_starts(height, win_h, self.stride[0])
             cols = window_starts(width, win_w, self.stride[1])
-        param = next(self.net.parameters(), None)
-        device = param.device if param is not None else x.device
         if len(rows) == len(cols) == 1 and not self.flip:
-            return self.net(x.to(device)).to(x.device)  # (no copies on one device)
+            return self._net(x.to(device)).to(x.device)  # (no copies on one device)
         mirrors = (False, True) if self.flip else (False,)
         crops = [(top, left, m) for top in rows for left in cols for m in mirrors]
         per_pass = max(1, self.window_batch // max(1, len(x)))
@@ -194,7 +216,7 @@ class TiledScorer(nn.Module):
                 else x[:, :, top : top + win_h, left : left + win_w]
                 for top, left, mirrored in chunk
             ])  # fmt: skip
-            scores = self.net(inputs.to(device)).to(x.device)
+            scores = self._net(inputs.to(device)).to(x.device)
             if total is None:  # sums in float32 at least, whatever the network's precision
                 dtype = scores.dtype
                 total = scores.new_zeros(
