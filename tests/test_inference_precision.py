@@ -14,13 +14,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from fcn import train
 from fcn.inference import load_model, predict_mask
 from fcn.models import FCN
 from fcn.models import precision as precision_module
 from fcn.models.fcn import _fully_connected
 from fcn.models.precision import autocast_for, cast_for_inference, native_bf16, resolve_precision
 from fcn.models.tiling import TiledScorer
-from tests.conftest import run_train
+from tests.conftest import TINY, compose_train, run_train
 from tests.test_precision import VARIANTS, _evaluate
 
 SMALL = {"trunk_width": 4, "fc_width": 8, "num_classes": 5, "dropout": 0.0}
@@ -177,3 +178,18 @@ def test_predict_in_bf16_agrees_with_fp32(trained: Path, tmp_path: Path) -> None
         assert bf16.shape == fp32.shape
         same, total = same + int((bf16 == fp32).sum()), total + fp32.size
     assert same / total >= 0.995
+
+
+@pytest.mark.parametrize(("bf16_units", "precision", "said"), [
+    (True, "32-true", True), (True, "bf16-mixed", False), (False, "32-true", False),
+])  # fmt: skip
+def test_fp32_training_on_bf16_hardware_names_the_faster_settings(
+    bf16_units: bool, precision: str, said: bool, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(train, "native_bf16", lambda device: bf16_units)
+    cfg = compose_train([*TINY, f"trainer.precision={precision}"])
+    with caplog.at_level("INFO", logger="fcn.train"):
+        train._suggest_bf16(cfg)
+    hint = "trainer.precision=bf16-mixed module.channels_last=true"
+    assert (hint in caplog.text) is said

@@ -32,6 +32,13 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     return False
 
 
+def accelerator_device(accelerator: str) -> str:
+    """The device type a Lightning ``trainer.accelerator`` (``auto``, ``gpu``, ``cuda``, ``cpu``)
+    runs on here: ``cuda`` where one is asked for or allowed and present, else ``cpu``."""
+    gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "cuda" if gpu else "cpu"
+
+
 def resolve_precision(name: str, device: torch.device | str = "cpu") -> str:
     """``fp32`` or ``bf16`` for the option ``name`` (``fp32``, ``bf16`` or ``auto``) on
     ``device``; ValueError naming the choices for anything else."""
