@@ -263,9 +263,10 @@ def _fully_connected(conv: nn.Conv2d, x: Tensor) -> Tensor:
     oneDNN's convolution runs them far below the machine's matmul rate: on a 2-core AVX-512
     CPU a bf16 training step of the paper-sized FCN-8s took 2.17 s with convolutions and 1.72 s
     with products (docs/performance.md#fc6-and-fc7). Same weights, same result to float rounding.
-    Elsewhere (GPUs, the meta device) the convolution runs as it is.
+    Elsewhere (GPUs, the meta device) and in an ONNX export (a graph for any runtime) the
+    convolution runs as it is.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.onnx.is_in_onnx_export():
         return conv(x)
     n, channels, height, width = x.shape
     (k, _), (pad, _) = conv.kernel_size, conv.padding
