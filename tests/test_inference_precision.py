@@ -193,3 +193,12 @@ def test_fp32_training_on_bf16_hardware_names_the_faster_settings(
         train._suggest_bf16(cfg)
     hint = "trainer.precision=bf16-mixed module.channels_last=true"
     assert (hint in caplog.text) is said
+
+
+def test_an_onnx_export_keeps_fc6_and_fc7_as_convolutions() -> None:
+    """The matrix-product form is for torch on a CPU; an exported graph has plain Conv nodes
+    (13 trunk convs, fc6, fc7 and 3 score layers)."""
+    net = FCN(**SMALL, alignment="same").eval()
+    program = torch.onnx.export(net, (torch.randn(1, 3, 64, 64),), dynamo=True, verbose=False)
+    ops = [node.op_type for node in program.model_proto.graph.node]
+    assert ops.count("Conv") == 18 and "MatMul" not in ops
