@@ -8,6 +8,11 @@ normalised by true class, beside it as ``<output_file stem>.confusion.json`` and
 the checkpoint's own unless ``model=`` / ``data=`` (or ``experiment=``) choose others. Images are
 scored whole, or in windows (``window``, ``stride``) and with flips (``flip``) as
 :class:`fcn.models.tiling.TiledScorer` does; the JSON records how.
+
+Images kept at their own sizes (``transforms=original``) are batched with others of the same
+size only (:class:`fcn.data.datamodule.SizeGroupedBatchSampler`): no batch is padded, so
+``batch_size`` changes the speed, not the confusion matrix. Loader workers (``num_workers``;
+by default on the cores the network leaves free) decode the next images while it scores.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -36,13 +44,20 @@ from fcn.inference import (
     scoring_precision,
     tiling_options,
 )
+from fcn.models.precision import accelerator_device
 from fcn.models.tiling import TiledScorer
 from fcn.scores import METRIC_NAMES
+from fcn.training.autotuning import fixed_sizes
 from fcn.training.module import FCNModule
 from fcn.training.optim import build_optimizer
 from fcn.training.summary import silence_lightning_tips
 
 log = logging.getLogger("fcn.evaluate")
+
+#: ``num_workers``'s default: :func:`loader_workers` picks from the usable cores ...
+AUTO_WORKERS = "auto"
+#: ... at most this many.
+MAX_AUTO_WORKERS = 4
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -51,7 +66,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path must name the checkpoint or weights file to evaluate")
     tiling = tiling_options(cfg)
-    precision = scoring_precision(cfg, _device(cfg))
+    device = accelerator_device(cfg.trainer.get("accelerator", "auto"))
+    precision = scoring_precision(cfg, device)
+    workers = loader_workers(cfg.get("num_workers", AUTO_WORKERS), _processes(cfg), device)
     refuse_existing(cfg.output_file, cfg.overwrite)  # before anything is read or downloaded
     for path in confusion_paths(confusion_stem(cfg.output_file)).values():
         refuse_existing(path, cfg.overwrite, key="output_file's confusion matrix")
@@ -62,6 +79,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     require_data(cfg, cfg.ckpt_path)
     with open_dict(cfg):
         cfg.data.batch_size = cfg.batch_size
+        if workers is not None:  # else the data config's own
+            cfg.data.num_workers = workers
+        cfg.data.persistent_workers = False  # one pass
+        cfg.data.pin_memory = device == "cuda"
+        # images at their own sizes: batches of one size each, nothing padded
+        cfg.data.group_val_by_size = not fixed_sizes(cfg.transforms)[1]
         # only validation data is read: resolve its set first (its root may name train_set's)
         cfg.data.val_set = OmegaConf.to_container(cfg.data.val_set, resolve=True)
         cfg.data.train_set = None
@@ -72,20 +95,70 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     scorer = TiledScorer(net, **tiling, precision=precision)
     log.info("evaluating %s from %s: %s", net.variant, cfg.ckpt_path, scorer.describe())
     module = FCNModule(scorer, optimizer=build_optimizer, class_names=datamodule.class_names)
+    timer = LoopTimer()
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
+        cfg.trainer, logger=False, callbacks=[timer], enable_checkpointing=False
     )
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     counts = module.last_val_confusion  # the metrics' own matrix, summed over processes
-    _report(metrics, cfg, scorer, counts.numpy(), datamodule.class_names)
+    timing = timer.summary(len(datamodule.val_set), datamodule.loader_kwargs["num_workers"])
+    log.info(
+        "scored %d images in %.1f s: %.2f images/s (%d loader workers, batches of up to %d)",
+        timing["images"], timing["seconds"], timing["images_per_second"], timing["workers"],
+        cfg.batch_size,
+    )  # fmt: skip
+    _report(metrics, cfg, scorer, counts.numpy(), datamodule.class_names, timing)
     return metrics
 
 
-def _device(cfg: DictConfig) -> str:
-    """The device type ``cfg.trainer`` will run on (for ``precision=auto``)."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "cuda" if gpu else "cpu"
+def loader_workers(value: Any, processes: int = 1, device: str = "cpu") -> int | None:
+    """Loader workers per process for ``num_workers``: an integer >= 0 is that many, null the
+    data config's own (None). ``auto``: one per core of the process's share that the network
+    leaves free, at most :data:`MAX_AUTO_WORKERS`. On a GPU the network needs one core; on a
+    CPU its intra-op threads (``torch.get_num_threads()``) take theirs, and a worker on one of
+    those cores stalls each parallel region it interrupts: on a 2-core CPU a worker cost more
+    than decoding in the main process (bench/evaluation_throughput.py), so there are none."""
+    if value is None:
+        return None
+    if value == AUTO_WORKERS:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        share = (cores or 1) // max(processes, 1)
+        network = 1 if device == "cuda" else torch.get_num_threads()
+        return max(0, min(MAX_AUTO_WORKERS, share - network))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"num_workers must be auto, null (the data config's) or an integer >= 0, got {value!r}"
+        )
+    return value
+
+
+class LoopTimer(pl.Callback):
+    """Wall time of the validation loop (workers' start, decoding, scoring, metrics): what
+    ``evaluate`` reports as its images per second, set-up and checkpoint reading excluded."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.seconds = math.nan
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started is not None:
+            self.seconds = time.perf_counter() - self.started
+
+    def summary(self, images: int, workers: int) -> dict[str, float]:
+        """``images`` (the split's, over every process), ``seconds``, ``images_per_second``
+        and ``workers`` (per process)."""
+        rate = images / self.seconds if self.seconds > 0 else math.nan
+        return {"images": images, "seconds": self.seconds, "images_per_second": rate,
+                "workers": workers}  # fmt: skip
+
+
+def _processes(cfg: DictConfig) -> int:
+    """Processes on this machine: ``trainer.devices`` when it is a count (DDP), else one."""
+    devices = cfg.trainer.get("devices", 1)
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) else 1
 
 
 def confusion_stem(output_file: str | Path) -> Path:
@@ -102,6 +175,7 @@ def _report(
     scorer: TiledScorer,
     counts: np.ndarray,
     class_names: list[str],
+    timing: dict[str, float],
 ) -> None:
     print(format_table(metrics))
     out = Path(cfg.output_file)
@@ -118,6 +192,7 @@ def _report(
         "scoring": scorer.settings(),
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
         "confusion": {k: str(v) for k, v in confusion.items()},
+        "timing": {k: (v if math.isfinite(v) else None) for k, v in timing.items()},
     }
     write_text(out, json.dumps(doc, indent=2) + "\n", replace=cfg.overwrite)
     print(f"written to {out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -104,6 +104,54 @@ class UnpaddedDistributedSampler(Sampler[int]):
         return len(self.indices)
 
 
+#: An item's (height, width) before its transform; None where its file's header cannot be read.
+Size = tuple[int, int] | None
+
+
+def image_sizes(dataset: Dataset, indices: Sequence[int]) -> list[Size] | None:
+    """Each item's (height, width) from the dataset's optional ``image_size(index)`` (image
+    headers only, no pixel decoded); None when the dataset (or the one a
+    :class:`TransformedDataset` wraps) has no such method. An item whose header cannot be read
+    gets None: reading it in the loader reports it as it always does."""
+    inner = dataset.dataset if isinstance(dataset, TransformedDataset) else dataset
+    size_of = getattr(inner, "image_size", None)
+    if size_of is None:
+        return None
+    sizes: list[Size] = []
+    for index in indices:
+        try:
+            sizes.append(tuple(size_of(index)))
+        except DataError:
+            sizes.append(None)
+    return sizes
+
+
+class SizeGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of up to ``batch_size`` of ``indices`` whose images all have one size: nothing to
+    pad. Each size's indices keep their order; the batches come in the order of their first
+    index in ``indices`` (the first batch holds the first index). Items of unknown size (None)
+    form a group of their own, padded and scored one by one as before."""
+
+    def __init__(self, indices: Sequence[int], sizes: Sequence[Size], batch_size: int) -> None:
+        if len(indices) != len(sizes):
+            raise ValueError(f"{len(indices)} indices but {len(sizes)} sizes")
+        groups: dict[Size, list[int]] = {}
+        for index, size in zip(indices, sizes, strict=True):
+            groups.setdefault(size, []).append(index)
+        place = {index: n for n, index in enumerate(indices)}
+        batches = [
+            g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)
+        ]
+        self.batches = sorted(batches, key=lambda batch: place[batch[0]])
+        self.num_sizes = len(groups)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(batch) for batch in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Serves a training and a validation dataset of ``(HxWx3 uint8, HxW uint8)`` items.
 
@@ -122,6 +170,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         normalization: the input normalisation preset (``torchvision``, ``caffe``, ``keras``).
         on_bad_file: ``error`` (stop, naming the file) or ``skip`` (warn, count, go on).
         seed: seeds the training shuffle (None: a fresh shuffle every run on one process).
+        group_val_by_size: batch validation images of one size together
+            (:class:`SizeGroupedBatchSampler`, sizes read from the image headers), so that no
+            batch is padded; for images kept at their own size (``val_transform`` null). Needs
+            the dataset's ``image_size(index)``: without it, plain batches.
     """
 
     def __init__(
@@ -140,6 +192,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int | None = 0,
         on_bad_file: str = "error",
         class_colors: Sequence[Sequence[int]] | None = None,
+        group_val_by_size: bool = False,
     ) -> None:
         super().__init__()
         if not class_names:  # the datasets name their classes
@@ -163,6 +216,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         self.val_set = TransformedDataset(val_set, val_transform, to_tensor, on_bad_file)
         self.batch_size = batch_size
+        self.group_val_by_size = group_val_by_size
+        self._val_sizes: dict[int, Size] = {}  # read once, for every later validation
         self.loader_kwargs = {
             "num_workers": num_workers,
             "pin_memory": pin_memory,
@@ -216,10 +271,36 @@ class SegmentationDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._world()
         sampler = UnpaddedDistributedSampler(len(self.val_set), rank, world)
+        batches = self.val_batch_sampler(sampler.indices)
+        if batches is not None:
+            return DataLoader(
+                self.val_set, batch_sampler=batches, worker_init_fn=_seed_worker,
+                **self.loader_kwargs,
+            )  # fmt: skip
         return DataLoader(
             self.val_set, self.batch_size, sampler=sampler, worker_init_fn=_seed_worker,
             **self.loader_kwargs,
         )  # fmt: skip
+
+    def val_batch_sampler(self, indices: Sequence[int]) -> SizeGroupedBatchSampler | None:
+        """Batches of one image size each over this process's validation ``indices`` with
+        ``group_val_by_size`` (and a batch of more than one image); None for plain batches."""
+        if not self.group_val_by_size or self.batch_size == 1:
+            return None
+        missing = [i for i in indices if i not in self._val_sizes]
+        sizes = image_sizes(self.val_set, missing)
+        if sizes is None:
+            log.info("validation in plain batches: the dataset cannot tell its image sizes")
+            return None
+        self._val_sizes.update(zip(missing, sizes, strict=True))
+        batches = SizeGroupedBatchSampler(
+            indices, [self._val_sizes[i] for i in indices], self.batch_size
+        )
+        log.info(
+            "validation: %d images of %d sizes in %d batches of one size each (at most %d)",
+            len(indices), batches.num_sizes, len(batches), self.batch_size,
+        )  # fmt: skip
+        return batches
 
 
 def warn_about_ids(train_set: Dataset | None, val_set: Dataset) -> None:

@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fcn.data.labels import IGNORE_INDEX
-from fcn.data.readers import open_failure, read_ids, read_image
+from fcn.data.readers import open_failure, read_ids, read_image, read_image_size
 from fcn.errors import DataError, first_few
 
 SPLIT_BY = ("folders", "lists", "fraction")
@@ -279,6 +279,10 @@ class FolderDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of item ``index`` from its image file's header (nothing decoded)."""
+        return read_image_size(self.paths(index)[0])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.paths(index)

@@ -58,6 +58,13 @@ def read_image(path: Path) -> np.ndarray:
         return np.array(img.convert("RGB"))
 
 
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header alone: no pixel is decoded."""
+    with _reading(path, "image"), Image.open(path) as img:
+        width, height = img.size
+    return height, width
+
+
 def read_png_label(path: Path) -> np.ndarray:
     """A VOC label: the palette indices of a "P" (or greyscale "L") PNG, never its colours."""
     with _reading(path, "label"), Image.open(path) as img:

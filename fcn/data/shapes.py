@@ -77,10 +77,21 @@ class ShapesDataset(Dataset):
         image, label = self._cache[index]
         return image.copy(), label.copy()
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of scene ``index``, its first draw: nothing else is drawn."""
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        return self._size(np.random.default_rng([self.seed, index]))
+
+    def _size(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A scene's (height, width): the first draw of its ``rng``."""
+        h, w = rng.integers(self.min_size, self.max_size + 1, size=2)
+        return int(h), int(w)
+
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Scene ``index``: a pure function of ``(seed, index)``."""
         rng = np.random.default_rng([self.seed, index])
-        h, w = rng.integers(self.min_size, self.max_size + 1, size=2)
+        h, w = self._size(rng)
         image = _background(rng, h, w)
         label = np.zeros((h, w), np.uint8)
         void = np.zeros((h, w), bool)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from fcn.data.readers import VOC_CLASSES, read_ids, read_voc_sample
+from fcn.data.readers import VOC_CLASSES, read_ids, read_image_size, read_voc_sample
 from fcn.errors import DataError
 
 SPLITS_DIR = Path(__file__).parent / "splits" / "voc_seed"
@@ -95,6 +95,10 @@ class SeedVOC(Dataset):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of item ``index`` from its image file's header (nothing decoded)."""
+        return read_image_size(self._paths(index)[0])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path, _ = self._paths(index)
