@@ -280,9 +280,9 @@ def _fully_connected(conv: nn.Conv2d, x: Tensor) -> Tensor:
         matrix = weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
         if k > 1:
             cols = cols.view(n, channels, k * k, -1).transpose(1, 2).reshape(n, -1, cols.shape[-1])
-    out = torch.matmul(matrix, cols)
+    out = torch.matmul(matrix, cols)  # bf16 under autocast, as the convolution's output
     if conv.bias is not None:
-        out = out + conv.bias[:, None]
+        out = out + conv.bias.to(out.dtype)[:, None]
     return out.view(n, conv.out_channels, out_h, out_w)
 
 
