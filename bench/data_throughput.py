@@ -22,8 +22,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from voc_like import save_scene, voc_like_scene  # noqa: E402
+
 from fcn.data.datamodule import TransformedDataset  # noqa: E402
-from fcn.data.labels import voc_palette  # noqa: E402
 from fcn.data.pascal import VOC_DIR, PascalDataset  # noqa: E402
 from fcn.data.transforms import NORMALIZATIONS, ToTensor, augment, resize_and_pad  # noqa: E402
 
@@ -34,23 +35,11 @@ def build_tree(root: Path, n: int) -> None:
     for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / d).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:375, 0:500]
     ids = [f"2099_{i:06d}" for i in range(n)]
     for id_ in ids:
-        image = np.stack([np.sin(xx / rng.uniform(20, 80) + c) * 80 + 120 for c in range(3)], -1)
-        label = np.zeros((375, 500), np.uint8)
-        for _ in range(3):
-            cy, cx, r = rng.uniform(50, 325), rng.uniform(50, 450), rng.uniform(20, 80)
-            inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-            label[inside] = rng.integers(1, 21)
-            image[inside] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 6, image.shape)
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-            voc / "JPEGImages" / f"{id_}.jpg", quality=90
-        )
-        png = Image.fromarray(label, mode="P")
-        png.putpalette(voc_palette())
-        png.save(voc / "SegmentationClass" / f"{id_}.png")
+        image, label = voc_like_scene(rng, 375, 500)
+        save_scene(image, label, voc / "JPEGImages" / f"{id_}.jpg",
+                   voc / "SegmentationClass" / f"{id_}.png")  # fmt: skip
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
 
 

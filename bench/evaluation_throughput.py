@@ -22,8 +22,6 @@ import copy
 import io
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from model_speed import cpu_name  # noqa: E402
+from voc_like import save_scene, voc_like_scene  # noqa: E402
+
 import fcn.run_folder  # noqa: E402, F401  (the configs' fcn_run_name resolver)
 from fcn.data.datamodule import (  # noqa: E402
     SizeGroupedBatchSampler,
@@ -44,9 +44,8 @@ from fcn.data.datamodule import (  # noqa: E402
     image_sizes,
 )
 from fcn.data.folder import FolderDataset  # noqa: E402
-from fcn.data.labels import voc_palette  # noqa: E402
 from fcn.data.transforms import ToTensor  # noqa: E402
-from fcn.evaluate import evaluate  # noqa: E402
+from fcn.evaluate import evaluate, usable_cores  # noqa: E402
 from fcn.inference import load_model  # noqa: E402
 from fcn.models import FCN  # noqa: E402
 from fcn.models.tiling import TiledScorer  # noqa: E402
@@ -62,22 +61,9 @@ def write_split(root: Path, n: int) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         h, w = PORTRAIT if i % 3 == 2 else LANDSCAPE
-        yy, xx = np.mgrid[0:h, 0:w]
-        image = np.stack([np.sin(xx / rng.uniform(20, 80) + c) * 80 + 120 for c in range(3)], -1)
-        label = np.zeros((h, w), np.uint8)
-        for _ in range(3):
-            cy, cx, r = rng.uniform(50, h - 50), rng.uniform(50, w - 50), rng.uniform(20, 80)
-            dist = (yy - cy) ** 2 + (xx - cx) ** 2
-            label[dist < (r + 3) ** 2] = 255
-            label[dist < r * r] = rng.integers(1, 21)
-            image[dist < r * r] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 6, image.shape)
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-            root / "images" / "val" / f"{i:04d}.jpg", quality=90
-        )
-        png = Image.fromarray(label, mode="P")
-        png.putpalette(voc_palette())
-        png.save(root / "masks" / "val" / f"{i:04d}.png")
+        image, label = voc_like_scene(rng, h, w, void_rings=True)
+        save_scene(image, label, root / "images" / "val" / f"{i:04d}.jpg",
+                   root / "masks" / "val" / f"{i:04d}.png")  # fmt: skip
 
 
 def write_weights(path: Path, trunk_width: int, fc_width: int) -> None:
@@ -135,15 +121,6 @@ def evaluation_rates(cfg) -> tuple[float, float, int]:
     return timing["images_per_second"], timing["images"] / whole, timing["workers"]
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=32)
@@ -166,7 +143,7 @@ def main() -> None:
     gpu_wanted = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if gpu_wanted else "cpu")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "none"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     print(f"CPU {cpu_name()}, {cores} usable cores, torch {torch.__version__} with "
           f"{torch.get_num_threads()} intra-op threads; GPU {gpu}")  # fmt: skip
     print(f"FCN-8s (same alignment) trunk_width={trunk} fc_width={fc}, {args.precision}; "

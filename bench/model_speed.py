@@ -228,6 +228,7 @@ def sgd(net: nn.Module) -> torch.optim.Optimizer:
 
 
 def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

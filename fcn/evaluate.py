@@ -121,8 +121,7 @@ def loader_workers(value: Any, processes: int = 1, device: str = "cpu") -> int |
     if value is None:
         return None
     if value == AUTO_WORKERS:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        share = (cores or 1) // max(processes, 1)
+        share = usable_cores() // max(processes, 1)
         network = 1 if device == "cuda" else torch.get_num_threads()
         return max(0, min(MAX_AUTO_WORKERS, share - network))
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -130,6 +129,13 @@ def loader_workers(value: Any, processes: int = 1, device: str = "cpu") -> int |
             f"num_workers must be auto, null (the data config's) or an integer >= 0, got {value!r}"
         )
     return value
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class LoopTimer(pl.Callback):

@@ -22,10 +22,7 @@ from fcn.models.fcn import _fully_connected
 from fcn.models.precision import autocast_for, cast_for_inference, native_bf16, resolve_precision
 from fcn.models.tiling import TiledScorer
 from tests.conftest import TINY, compose_train, run_train
-from tests.test_precision import VARIANTS, _evaluate
-
-SMALL = {"trunk_width": 4, "fc_width": 8, "num_classes": 5, "dropout": 0.0}
-
+from tests.test_precision import SMALL, VARIANTS, _evaluate
 
 # --- fc6 / fc7 as matrix products ---------------------------------------------------------------
 
