@@ -128,6 +128,7 @@ def _train(cfg: DictConfig) -> float | None:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     set_collective_timeout(trainer, cfg.get("ddp_timeout_s"))
+    datamodule.check_processes(trainer.world_size)  # before the processes start
 
     _save_config(resolved, output_dir)
     for logger in loggers:

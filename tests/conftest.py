@@ -55,15 +55,17 @@ def run_train(
     By default the entry point's own ``main`` runs in this process, with ``sys.argv``, the
     working folder and the environment set as the command line would (Hydra parses the
     arguments, runs its callbacks and writes its files as it does for a command): the same code
-    path without paying for a new interpreter's imports. ``fcn.resume`` (it replaces its
-    process) and DDP runs (Lightning starts more processes from the command line) always run as
-    a real subprocess, as does ``in_process=False``.
+    path without paying for a new interpreter's imports. ``fcn.resume`` replaces its process
+    with ``python -m fcn.train ...``: in this process, that command's ``main`` runs here
+    instead, with the environment ``fcn.resume`` gave it. DDP runs (Lightning starts more
+    processes from the command line) always run as a real subprocess, as does
+    ``in_process=False``.
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     full_env.update({"HOME": str(cwd), "PYTHONUNBUFFERED": "1", "WANDB_DISABLE_CODE": "true"})
     full_env.update(env or {})
     if in_process is None:
-        in_process = entry != "resume" and not _starts_processes(args)
+        in_process = not _starts_processes(args)
     if in_process:
         return _run_in_process(entry, args, Path(cwd), full_env)
     return subprocess.run(
@@ -82,38 +84,63 @@ def _starts_processes(args: list[str]) -> bool:
     return False
 
 
+class _Exec(Exception):
+    """``os.execve`` called by an entry point run in this process: the command it would run."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        super().__init__(argv)
+        self.argv, self.env = list(argv), dict(env)
+
+
+def _raise_exec(path: str, argv: list[str], env: dict[str, str]) -> None:
+    raise _Exec(argv, env)
+
+
 def _run_in_process(
     entry: str, args: list[str], cwd: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess:
     import contextlib
-    import importlib
     import io
 
-    from hydra.core.global_hydra import GlobalHydra
-
-    module = importlib.import_module(f"fcn.{entry}")
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = [f"{module.__name__.replace('.', '/')}.py", *args]
     os.chdir(cwd)
-    code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            hydra_main = hasattr(module.main, "__wrapped__")  # argparse mains take argv
-            result = module.main() if hydra_main else module.main(list(args))
-            if isinstance(result, int):  # argparse entry points return their status
-                code = result
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            try:
+                code = _call_main(entry, args, env)
+            except _Exec as exec_:  # fcn.resume: run the command it replaces itself with
+                assert exec_.argv[1:3] == ["-m", "fcn.train"], exec_.argv
+                code = _call_main("train", exec_.argv[3:], exec_.env)
     finally:
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
-        GlobalHydra.instance().clear()
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+def _call_main(entry: str, args: list[str], env: dict[str, str]) -> int:
+    """Run ``fcn.ENTRY``'s ``main`` with ``args`` as its command line and ``env`` as its
+    environment; its exit status."""
+    import importlib
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    module = importlib.import_module(f"fcn.{entry}")
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [f"{module.__name__.replace('.', '/')}.py", *args]
+    saved_execve, os.execve = os.execve, _raise_exec
+    try:
+        hydra_main = hasattr(module.main, "__wrapped__")  # argparse mains take argv
+        result = module.main() if hydra_main else module.main(list(args))
+        return result if isinstance(result, int) else 0  # argparse mains return their status
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.execve = saved_execve
+        GlobalHydra.instance().clear()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,15 +76,12 @@ def test_a_broken_metrics_file_is_named_and_the_other_jobs_compared(
     assert not list(folder.glob("*.part"))
 
 
-def test_the_command_prints_no_traceback_for_a_file_that_is_not_text(
+def test_compare_prints_no_traceback_for_a_file_that_is_not_text(
     sweep: Path, tmp_path: Path
 ) -> None:
     folder = _copy(sweep, tmp_path)
     (folder / "1" / "metrics.json").write_bytes(b"\xff\xfe\x00{garbage")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fcn.compare", str(folder)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = run_train([str(folder)], tmp_path, entry="compare")  # its main, as the command runs it
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"{folder / '1' / 'metrics.json'} is not UTF-8 text (byte 0)" in proc.stderr

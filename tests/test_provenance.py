@@ -24,7 +24,6 @@ from fcn.provenance import (
     provenance_warnings,
     start_differences,
 )
-from fcn.resume import RESUME_SOURCE_ENV, resume_command
 from tests.conftest import REPO, TINY, compose_train, run_train
 from tests.folder_tree import folder_tree
 from tests.wandb_records import records
@@ -41,10 +40,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = run_train([*TINY, "logger=[wandb,csv]", f"hydra.run.dir={run}"], workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((run / "metrics.json").read_text())
-    # what python -m fcn.resume RUN ... runs (it replaces its process with this command)
-    command = resume_command(run, ["trainer.max_epochs=2", "data.val_set.num_images=6"])
-    env = {RESUME_SOURCE_ENV: str(run / ".hydra" / "overrides.yaml")}
-    proc = run_train(command[3:], workdir, env=env)
+    args = [str(run), "trainer.max_epochs=2", "data.val_set.num_images=6"]
+    proc = run_train(args, workdir, entry="resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((run / "metrics.json").read_text())
     return {"run": run, "first": first, "resumed": resumed}

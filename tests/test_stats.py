@@ -4,8 +4,6 @@ checked against counts made here from the datasets' own items or the label files
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from fcn.data.stats import (
     split_stats,
 )
 from fcn.errors import DataError
+from tests.conftest import run_train
 from tests.seed_tree import write_pascal_tree
 
 SHAPES = ["data=shapes", "data.train_set.num_images=6", "data.val_set.num_images=3"]
@@ -226,11 +225,8 @@ def test_median_frequency_and_sampling() -> None:
     assert sample_indices(3, 10) == [0, 1, 2]
 
 
-def test_check_from_the_command_line_in_another_folder(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fcn.data.prepare", "--check", "data=shapes",
-         "data.train_set.num_images=2", "data.val_set.num_images=2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_check_composes_its_data_config_from_another_folder(tmp_path: Path) -> None:
+    args = ["--check", "data=shapes", "data.train_set.num_images=2", "data.val_set.num_images=2"]
+    proc = run_train(args, tmp_path, entry="data.prepare")  # its main, launched from tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "data=shapes: 6 classes" in proc.stdout and "absent from val" in proc.stdout

@@ -34,11 +34,14 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _compare(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fcn.compare", str(folder)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def _compare(folder: Path, command_line: bool = False) -> subprocess.CompletedProcess:
+    """``python -m fcn.compare FOLDER``: as a command, or its ``main`` in this process."""
+    if command_line:
+        return subprocess.run(
+            [sys.executable, "-m", "fcn.compare", str(folder)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    return run_train([str(folder)], folder.parent, entry="compare")
 
 
 @pytest.mark.slow
@@ -71,7 +74,7 @@ def test_a_sweep_is_one_wandb_group_of_one_run_per_job(sweep: Path) -> None:
 
 @pytest.mark.slow
 def test_compare_writes_the_table_and_the_curves(sweep: Path) -> None:
-    proc = _compare(sweep)
+    proc = _compare(sweep, command_line=True)
     assert proc.returncode == 0, proc.stderr
     table = (sweep / "comparison.md").read_text()
     assert "python -m fcn.train -m" in table and "model=fcn32,fcn16,fcn8" in table

@@ -109,10 +109,10 @@ def test_unknown_variant_gets_hydras_error(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [2, 4])
-def test_ddp_on_cpu_processes_validates_like_one_process(workdir: Path, processes: int) -> None:
+def test_ddp_on_cpu_processes_validates_like_one_process(workdir: Path) -> None:
+    # Four processes (the other DDP tests run two): 5 validation images give them 2, 1, 1, 1
+    processes = 4
     run = workdir / "run"
-    # 5 validation images: 2 ranks get 3 and 2, 4 ranks get 2, 1, 1, 1
     overrides = [*TINY, "data.val_set.num_images=5", "logger=[wandb,csv]",
                  f"data.train_set.num_images={4 * processes}"]  # fmt: skip
     # trainer.devices alone, as a user types it: on a machine without GPUs, DDP over processes
@@ -140,16 +140,19 @@ def test_ddp_on_cpu_processes_validates_like_one_process(workdir: Path, processe
         assert single[key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
 
 
-@pytest.mark.slow
-def test_too_few_images_for_the_processes_is_an_error(workdir: Path) -> None:
+def test_too_few_images_for_the_processes_is_refused_before_they_start(workdir: Path) -> None:
     args = [*TINY, "trainer.devices=4", "logger=none"]  # 8 images: 2 a process, batch 4
-    proc = run_train(args, workdir)
+    # in this process: the refusal comes before Lightning starts the other three
+    proc = run_train([*args, "hydra.run.dir=run"], workdir, in_process=True)
     assert proc.returncode == 1
+    assert "MEMBER:" not in proc.stdout + proc.stderr  # no process group was formed
+    assert not (workdir / "run" / "checkpoints").exists()
     assert "give each of 4 processes 2, fewer than data.batch_size=4" in proc.stderr
 
 
 def test_multirun_with_ddp_is_refused_at_once(workdir: Path) -> None:
-    proc = run_train(["-m", *TINY, "trainer.devices=2", "model=fcn32,fcn8"], workdir)
+    args = ["-m", *TINY, "trainer.devices=2", "model=fcn32,fcn8"]
+    proc = run_train(args, workdir, in_process=True)  # refused before any process starts
     assert proc.returncode == 1
     assert "trainer.devices=2 cannot be combined with a multirun" in proc.stderr
     assert "hydra/launcher=slurm" in proc.stderr

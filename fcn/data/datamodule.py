@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 
@@ -242,6 +243,20 @@ class SegmentationDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def check_processes(self, world: int) -> None:
+        """Refuse ``world`` training processes that would each get fewer images than a batch
+        (``drop_last`` would leave them no batch at all); ``fcn.train`` asks before it starts
+        the processes."""
+        if self.train_set is None or world <= 1:
+            return
+        per_process = math.ceil(len(self.train_set) / world)  # as DistributedSampler pads
+        if per_process < self.batch_size:
+            raise DataError(
+                f"the training set's {len(self.train_set)} images give each of {world} "
+                f"processes {per_process}, fewer than data.batch_size={self.batch_size}: "
+                "use fewer processes or a smaller batch"
+            )
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise DataError("this datamodule was built without a training set")
@@ -249,15 +264,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         if world > 1:
             # every process must draw the same permutation: without a seed, use 0
             seed = self.seed if self.seed is not None else 0
+            self.check_processes(world)
             sampler = DistributedSampler(
                 self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed
             )
-            if len(sampler) < self.batch_size:  # drop_last would leave no batch at all
-                raise DataError(
-                    f"the training set's {len(self.train_set)} images give each of {world} "
-                    f"processes {len(sampler)}, fewer than data.batch_size={self.batch_size}: "
-                    "use fewer processes or a smaller batch"
-                )
             return DataLoader(
                 self.train_set, self.batch_size, sampler=sampler, drop_last=True,
                 worker_init_fn=_seed_worker, **self.loader_kwargs,
