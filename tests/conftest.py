@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,58 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+#: ``torch.compile``'s default backend in the tests that compile: ``aot_eager`` captures,
+#: guards, recompiles and traces the backward as ``inductor`` does, without generating and
+#: building C++ kernels (seconds instead of a minute a run on a 2-core CPU; "inductor" passes
+#: too). What the project controls is what reaches ``torch.compile``, not the code generator.
+COMPILE_BACKEND = "aot_eager"
+
+
+@pytest.fixture
+def compile_without_codegen() -> Iterator[str]:
+    """``torch.compile`` defaults to :data:`COMPILE_BACKEND` during the test."""
+    import torch
+
+    saved = torch.compiler.get_default_backend()
+    torch.compiler.set_default_backend(COMPILE_BACKEND)
+    torch._dynamo.reset()  # nothing compiled by an earlier test in this process is reused
+    yield COMPILE_BACKEND
+    torch._dynamo.reset()
+    torch.compiler.set_default_backend(saved)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the default, in pyproject.toml): one worker per core, at most four (each
+    worker holds torch, Lightning and Hydra, and some tests start DDP processes of their own)."""
+    return max(1, min(4, _cores()))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each of N pytest-xdist workers computes with its share of the cores (torch's threads, and
+    through ``OMP_NUM_THREADS`` the processes the tests start): N workers with a thread per core
+    each would wait on each other, which is slower than one worker alone."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        import torch
+
+        threads = max(1, _cores() // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the long end-to-end tests first, so that with two workers (``-n 2``) the longest
-    one is not left for last while the other worker idles."""
+    """Start the long end-to-end tests first, so that the longest one is not left for last
+    while the other workers idle (with ``--dist worksteal`` an idle worker takes over tests
+    queued behind a long one)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -25,7 +25,7 @@ from fcn.training.autotuning import cudnn_benchmark
 from fcn.training.callbacks import ValidationMasks
 from fcn.training.module import FCNModule
 from fcn.training.tracking import finish_wandb, start_loggers, wandb_logger
-from tests.conftest import TINY, compose_train, run_train
+from tests.conftest import TINY, compiled_graphs, compose_train, run_train
 
 # --- cuDNN autotuning ------------------------------------------------------------------------
 
@@ -122,44 +122,24 @@ def test_a_run_autotunes_its_training_and_validation_as_its_preset_says(
 # --- validation masks under torch.compile ----------------------------------------------------
 
 
-def _graphs() -> int:
-    """Graphs dynamo has compiled in this process so far (a recompile adds one)."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
-
-
-#: torch.compile's default backend here: ``eager`` captures, guards and recompiles as
-#: ``inductor`` does without generating C++ (seconds, not a minute); "inductor" passes too.
-COMPILE_BACKEND = "eager"
-
-
-@pytest.fixture
-def compile_backend() -> Iterator[str]:
-    saved = torch.compiler.get_default_backend()
-    torch.compiler.set_default_backend(COMPILE_BACKEND)
-    yield COMPILE_BACKEND
-    torch.compiler.set_default_backend(saved)
-
-
 def test_validation_masks_never_recompile_a_compiled_network(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, compile_backend: str
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, compile_without_codegen: str
 ) -> None:
     seen: dict = {}
     real_hook = ValidationMasks.on_validation_epoch_end
 
     def spy_hook(self: ValidationMasks, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        before = _graphs()
+        before = compiled_graphs()
         real_hook(self, trainer, pl_module)
-        seen["added_by_masks"] = _graphs() - before
+        seen["added_by_masks"] = compiled_graphs() - before
         seen["compiled"] = pl_module.net._compiled_call_impl is not None
         # The control: the first image through the compiled forward as the masks were scored
         # before (batch of one, inference mode) is a new graph, which the count would show.
         x = trainer.datamodule.val_set[0][0][None]
-        before = _graphs()
+        before = compiled_graphs()
         with torch.inference_mode():
             pl_module(x)
-        seen["added_by_compiled_call"] = _graphs() - before
+        seen["added_by_compiled_call"] = compiled_graphs() - before
 
     monkeypatch.setattr(ValidationMasks, "on_validation_epoch_end", spy_hook)
     args = [*TINY, "module.compile=true", "logger=wandb", "callbacks.validation_masks.num_images=2",

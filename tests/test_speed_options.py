@@ -13,7 +13,7 @@ import torch
 from fcn.models import FCN
 from fcn.training.module import FCNModule
 from fcn.training.optim import build_optimizer
-from tests.conftest import TINY, run_train
+from tests.conftest import TINY, compiled_graphs, run_train
 
 ARGS = [*TINY, "trainer.max_epochs=2", "logger=none"]
 
@@ -75,9 +75,12 @@ def test_gradient_accumulation_takes_one_step_per_two_batches(
     assert [e["step"] for e in metrics["history"]] == [1, 2]
 
 
-@pytest.mark.slow
-def test_torch_compile_trains_and_keeps_plain_checkpoints(workdir: Path, baseline: dict) -> None:
+def test_torch_compile_trains_and_keeps_plain_checkpoints(
+    workdir: Path, baseline: dict, compile_without_codegen: str
+) -> None:
+    before = compiled_graphs()
     metrics = _train(workdir, "run", "module.compile=true")
+    assert compiled_graphs() > before  # the network did run compiled
     _close(metrics, baseline, rel=1e-2)
     state = torch.load(workdir / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "net.conv1_1.weight" in state["state_dict"]  # no _orig_mod. prefixes
