@@ -223,6 +223,5 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Start the long end-to-end tests first, so that the longest one is not left for last
-    while the other workers idle (with ``--dist worksteal`` an idle worker takes over tests
-    queued behind a long one)."""
+    while the other workers idle (pytest-xdist's loadgroup hands them out in this order)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

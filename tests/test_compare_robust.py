@@ -13,6 +13,9 @@ import pytest
 from fcn.compare import main
 from tests.conftest import TINY, run_train
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("compare_robust")
+
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -25,6 +25,9 @@ from fcn.compare_jobs import SUMMARY
 from fcn.errors import FCNError
 from tests.conftest import TINY, run_train
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("compare_seeds")
+
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:

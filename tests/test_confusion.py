@@ -24,6 +24,9 @@ from fcn.scores import scores_from_confusion
 from tests.conftest import EVAL, TINY, run_train
 from tests.wandb_records import records
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("confusion")
+
 #: Validation mIoU rises from epoch 0 to epoch 1 and falls in epoch 2 (measured: 0.001, 0.117,
 #: 0.011): weighted classes at 2e-3 for two epochs, then 100 times the rate (StepLR).
 ARGS = [*TINY, "data.train_set.num_images=32", "module.class_weights=median_frequency",

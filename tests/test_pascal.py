@@ -18,6 +18,9 @@ from fcn.errors import DataError
 from tests.conftest import run_train
 from tests.seed_tree import write_pascal_tree
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("pascal")
+
 SPLITS = {
     "voc_train": ["2007_000001", "2007_000002", "2007_000003"],
     "voc_val": ["2007_000010", "2007_000011"],

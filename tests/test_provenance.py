@@ -28,6 +28,9 @@ from tests.conftest import REPO, TINY, compose_train, run_train
 from tests.folder_tree import folder_tree
 from tests.wandb_records import records
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("provenance")
+
 HEX40, HEX64 = r"[0-9a-f]{40}", r"[0-9a-f]{64}"
 
 

@@ -15,6 +15,9 @@ from fcn.training.module import FCNModule
 from fcn.training.optim import build_optimizer
 from tests.conftest import TINY, compiled_graphs, run_train
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("speed_options")
+
 ARGS = [*TINY, "trainer.max_epochs=2", "logger=none"]
 
 

@@ -18,6 +18,9 @@ from fcn.training.tracking import run_name
 from tests.conftest import TINY, run_train
 from tests.wandb_records import records, summary
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("sweeps")
+
 MODELS = ["fcn32", "fcn16", "fcn8"]
 
 

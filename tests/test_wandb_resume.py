@@ -19,6 +19,9 @@ from fcn.training.wandb_runs import folder_run_id, run_folders, sync_commands
 from tests.conftest import TINY, run_train
 from tests.wandb_records import artifacts, history, run_record
 
+#: the tests share a module-scoped fixture: one pytest-xdist worker runs them all (loadgroup)
+pytestmark = pytest.mark.xdist_group("wandb_resume")
+
 #: The first part: one epoch of 2 steps, every step logged, its best and last checkpoint uploaded.
 ARGS = [*TINY, "trainer.max_epochs=1", "logger=[wandb]", "trainer.log_every_n_steps=1",
         "logger.wandb.group=resumes", "logger.wandb.log_model=true"]  # fmt: skip
