@@ -112,13 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print("resuming:", " ".join(command[1:]), flush=True)
-    os.execve(sys.executable, command, dict(os.environ, **resume_env(Path(args[0]))))
-
-
-def resume_env(run: Path) -> dict[str, str]:
-    """What the environment of the ``fcn.train`` that continues ``run`` adds: the file its
-    options come from, so that it builds only fcn's own components."""
-    return {RESUME_SOURCE_ENV: str(run / ".hydra" / "overrides.yaml")}
+    env = dict(os.environ, **{RESUME_SOURCE_ENV: str(Path(args[0]) / ".hydra" / "overrides.yaml")})
+    os.execve(sys.executable, command, env)
 
 
 if __name__ == "__main__":
