@@ -198,14 +198,12 @@ def compile_without_codegen() -> Iterator[str]:
     torch.compiler.set_default_backend(saved)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the default, in pyproject.toml): one worker per core, at most four (each
     worker holds torch, Lightning and Hydra, and some tests start DDP processes of their own)."""
-    return max(1, min(4, _cores()))
+    from fcn.evaluate import usable_cores
+
+    return max(1, min(4, usable_cores()))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -216,7 +214,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if workers:
         import torch
 
-        threads = max(1, _cores() // int(workers))
+        from fcn.evaluate import usable_cores
+
+        threads = max(1, usable_cores() // int(workers))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
